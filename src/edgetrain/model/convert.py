@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 
 import torch
@@ -89,7 +90,7 @@ def _clone_with_bias(m: nn.Module) -> nn.Module:
     else:
         cls = type(m)
         c = cls(m.in_channels, m.out_channels, m.kernel_size, stride=m.stride, padding=m.padding,
-                bias=True)
+                dilation=m.dilation, groups=m.groups, padding_mode=m.padding_mode, bias=True)
     return c.to(torch.float64)
 
 
@@ -237,7 +238,7 @@ def convert(
     net.eval()
     try:
         mods = fold_batchnorm(drop_noops(_check_modules(net)))
-        mods = [m.to(torch.float64) for m in mods]
+        mods = [copy.deepcopy(m).to(torch.float64) for m in mods]  # never cast the caller's net
         report = ConversionReport(scheme.name)
         input_fmt, layers = quantize_modules(mods, scheme, calibrate(mods, calibration), report)
     finally:

@@ -11,8 +11,9 @@ Integer-exact semantics (the contract the C and hardware back ends must match bi
 * ReLU: ``max(q, z)``. MaxPool: max of raw values (monotone in the real value). Flatten: reshape.
 * GlobalAvgPool: exact sum of ``q - z`` over positions, requantized by ``1 / positions``.
 
-Products and sums are computed in float64, which is exact while every partial sum stays below
-2**53; each layer checks that bound from its formats and falls back to int64 otherwise.
+Inside the forward, activations are float64 tensors holding exact integers, so BLAS and oneDNN do
+the products: float64 is exact while every partial sum stays below 2**53, which each layer checks
+from its formats (falling back to int64 otherwise). Public results are int64.
 """
 
 from __future__ import annotations
@@ -91,7 +92,8 @@ def _exact_in_float64(layer: Dense | Conv2d | Conv1d) -> bool:
 
 
 def _linear_acc(layer: Dense | Conv2d | Conv1d, a: torch.Tensor) -> torch.Tensor:
-    """Exact accumulator (int64) of a dense or convolution layer for centred input ``a``."""
+    """Exact accumulator of a dense or convolution layer for centred input ``a``: float64 holding
+    exact integers when that is exact for these formats, else int64."""
     w = layer.weight - zero_point_of(layer.w_fmt, layer.weight.ndim)
     dtype = torch.float64 if _exact_in_float64(layer) else torch.int64
     a, w = a.to(dtype), w.to(dtype)
@@ -103,8 +105,7 @@ def _linear_acc(layer: Dense | Conv2d | Conv1d, a: torch.Tensor) -> torch.Tensor
         acc = F.conv2d(a, w, stride=layer.stride, padding=layer.padding)
     else:
         acc = F.conv1d(a, w, stride=layer.stride, padding=layer.padding)
-    acc = acc.to(torch.int64)
-    b = torch.bitwise_left_shift(layer.bias, bias_shift(layer))
+    b = torch.bitwise_left_shift(layer.bias, bias_shift(layer)).to(dtype)
     return acc + _ch_view(b, acc.ndim)
 
 
@@ -124,17 +125,17 @@ def _int_conv(layer: Conv2d | Conv1d, a: torch.Tensor, w: torch.Tensor) -> torch
 
 
 def _check_acc(acc: torch.Tensor, index: int, layer: Layer, policy: str, trace: ForwardTrace | None):
-    bad = (acc < ACC_MIN) | (acc > ACC_MAX)
-    count = int(bad.sum())
-    if not count:
+    lo, hi = (int(v) for v in torch.aminmax(acc))
+    if lo >= ACC_MIN and hi <= ACC_MAX:
         return acc
     if policy == "raise":
+        count = int(((acc < ACC_MIN) | (acc > ACC_MAX)).sum())
         raise AccumulatorOverflowError(
             f"layer {index} ({layer.kind}): {count} accumulator value(s) outside the signed "
-            f"{ACC_BITS}-bit range (min {int(acc.min())}, max {int(acc.max())}); the device would "
-            "wrap silently. Use narrower formats or pass overflow='wrap' to emulate the wrap.")
+            f"{ACC_BITS}-bit range (min {lo}, max {hi}); the device would wrap silently. "
+            "Use narrower formats or pass overflow='wrap' to emulate the wrap.")
     if trace is not None:
-        trace.overflows[index] = trace.overflows.get(index, 0) + count
+        trace.overflows[index] = trace.overflows.get(index, 0) + int(((acc < ACC_MIN) | (acc > ACC_MAX)).sum())
     return torch.remainder(acc - ACC_MIN, 1 << ACC_BITS) + ACC_MIN
 
 
@@ -142,23 +143,25 @@ def layer_forward_int(
     layer: Layer, q: torch.Tensor, index: int = 0, overflow: str = "raise",
     trace: ForwardTrace | None = None,
 ) -> torch.Tensor:
-    """One layer of the integer-exact forward on raw int64 input ``q`` (batch first)."""
+    """One layer of the integer-exact forward on raw input ``q`` (batch first): int64, or float64
+    holding exact integers; the result is float64 holding exact integers."""
+    q = q.to(torch.float64)
     if isinstance(layer, (Dense, Conv2d, Conv1d)):
         a = q - zero_point_of(layer.in_fmt)
         acc = _check_acc(_linear_acc(layer, a), index, layer, overflow, trace)
         m, s = requant_params(layer)
-        return requantize(acc, _ch_view(m, acc.ndim), _ch_view(s, acc.ndim), layer.out_fmt)
+        return requantize(acc, _ch_view(m, acc.ndim), _ch_view(s, acc.ndim), layer.out_fmt).to(torch.float64)
     if isinstance(layer, ReLU):
         return torch.clamp(q, min=int(zero_point_of(layer.fmt)))
     if isinstance(layer, MaxPool):
         pool = F.max_pool2d if len(layer.kernel) == 2 else F.max_pool1d
-        return pool(q.to(torch.float64), layer.kernel, layer.stride).to(torch.int64)
+        return pool(q, layer.kernel, layer.stride)
     if isinstance(layer, GlobalAvgPool):
         positions = math.prod(q.shape[2:])
         acc = (q - zero_point_of(layer.in_fmt)).flatten(2).sum(dim=2)
         acc = _check_acc(acc, index, layer, overflow, trace)
         m, s = multipliers(scale_of(layer.in_fmt) / positions, layer.out_fmt)
-        return requantize(acc, m, s, layer.out_fmt)
+        return requantize(acc, m, s, layer.out_fmt).to(torch.float64)
     if isinstance(layer, Flatten):
         return q.flatten(1)
     raise TypeError(f"unknown layer type {type(layer).__name__}")
@@ -190,13 +193,13 @@ def forward_int(
     if overflow not in OVERFLOW_POLICIES:
         raise ValueError(f"overflow must be one of {OVERFLOW_POLICIES}, got {overflow!r}")
     _check_input(model, q, integer=True)
-    q = q.to(torch.int64)
+    h = q.to(torch.float64)
     tr = ForwardTrace() if trace else None
     for i, layer in enumerate(model.layers):
-        q = layer_forward_int(layer, q, i, overflow, tr)
+        h = layer_forward_int(layer, h, i, overflow, tr)
         if tr is not None:
-            tr.outputs.append(q)
-    return tr if tr is not None else q
+            tr.outputs.append(h.to(torch.int64))
+    return tr if tr is not None else h.to(torch.int64)
 
 
 def layer_forward_float(layer: Layer, x: torch.Tensor) -> torch.Tensor:

@@ -62,7 +62,11 @@ def _layer_spec(layer: Layer, arrays: list[bytes], offset: int) -> tuple[dict, i
     spec["arrays"] = {}
     for p in layer.params:
         raw = getattr(layer, p)
-        dt = _dtype_for(layer.w_fmt if p == "weight" else layer.b_fmt)
+        fmt = layer.w_fmt if p == "weight" else layer.b_fmt
+        if raw.numel() and (int(raw.min()) < fmt.raw_min or int(raw.max()) > fmt.raw_max):
+            raise ValueError(f"{layer.kind} {p}: values outside the range of {fmt.name}; "
+                             "refusing to write them (they would be stored wrapped)")
+        dt = _dtype_for(fmt)
         data = raw.numpy().astype(dt).tobytes()
         spec["arrays"][p] = {"dtype": dt.str, "shape": list(raw.shape), "offset": offset, "nbytes": len(data)}
         arrays.append(data)

@@ -16,7 +16,7 @@ from .requant import (
     scale_of,
     zero_point_of,
 )
-from .rounding import ROUNDING_MODES, round_real, round_shift
+from .rounding import ROUNDING_MODES, round_float, round_real, round_shift
 
 
 def format_from_dict(d: dict) -> Format:
@@ -33,5 +33,5 @@ def format_from_dict(d: dict) -> Format:
 __all__ = [
     "Affine", "FixedPoint", "Format", "OVERFLOW_MODES", "ROUNDING_MODES", "affine_from_range",
     "dequantize", "format_from_dict", "multipliers", "parse_fixed", "quantize", "quantize_multiplier",
-    "requantize", "round_real", "round_shift", "scale_of", "zero_point_of",
+    "requantize", "round_float", "round_real", "round_shift", "scale_of", "zero_point_of",
 ]

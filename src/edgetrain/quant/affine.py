@@ -32,6 +32,9 @@ class Affine:
         if not isinstance(self.bits, int) or not 2 <= self.bits <= 32:
             raise ValueError(f"Affine bits must be an integer in 2..32, got {self.bits!r}")
         check_rounding(self.rounding)
+        for z in self.zero_point:
+            if not float(z).is_integer():
+                raise ValueError(f"Affine zero point must be an integer, got {z!r}")
         object.__setattr__(self, "scale", tuple(float(s) for s in self.scale))
         object.__setattr__(self, "zero_point", tuple(int(z) for z in self.zero_point))
         if len(self.scale) != len(self.zero_point) or not self.scale:
@@ -111,8 +114,8 @@ def affine_from_range(
     for a, b in zip(lo_t.tolist(), hi_t.tolist(), strict=True):
         if symmetric:
             m = max(abs(a), abs(b))
-            s = m / qmax if m > 0 else 1.0
             z = 0 if signed else (qmin + qmax + 1) // 2
+            s = m / (qmax - z) if m > 0 else 1.0
         else:
             s = (b - a) / (qmax - qmin) if b > a else 1.0
             z = int(min(max(round(qmin - a / s), qmin), qmax))

@@ -112,9 +112,12 @@ def parse_fixed(spec: str) -> FixedPoint:
             f"cannot parse fixed-point spec {spec!r}: expected 'fixed<width>_<integer_bits>', "
             "e.g. 'fixed16_6'") from None
     rounding, overflow = "floor", "wrap"
-    for m in mods:
-        if m in OVERFLOW_MODES or m == "sat":
-            overflow = "saturate" if m == "sat" else m
-        else:
-            rounding = check_rounding(m)
-    return FixedPoint(width, integer_bits, signed, rounding, overflow)
+    try:
+        for m in mods:
+            if m in OVERFLOW_MODES or m == "sat":
+                overflow = "saturate" if m == "sat" else m
+            else:
+                rounding = check_rounding(m)
+        return FixedPoint(width, integer_bits, signed, rounding, overflow)
+    except ValueError as e:
+        raise ValueError(f"bad fixed-point spec {spec!r}: {e}") from None

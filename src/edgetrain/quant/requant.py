@@ -16,7 +16,7 @@ import torch
 
 from .affine import Affine
 from .fixed import FixedPoint
-from .rounding import round_real, round_shift
+from .rounding import round_float, round_real, round_shift
 
 Format = FixedPoint | Affine
 
@@ -27,9 +27,20 @@ def quantize(x: torch.Tensor, fmt: Format, generator: torch.Generator | None = N
     """Real values -> raw integers (int64) in ``fmt``, with the format's rounding and overflow."""
     x = torch.as_tensor(x, dtype=torch.float64)
     if isinstance(fmt, FixedPoint):
-        return fmt.fit(round_real(x * 2.0**fmt.frac_bits, fmt.rounding, generator))
+        if fmt.overflow == "wrap":  # exact: moves the raw value by a multiple of 2**width
+            x = torch.fmod(x, 2.0**fmt.integer_bits)
+        return fmt.fit(round_real(_scaled(x, x * 2.0**fmt.frac_bits), fmt.rounding, generator))
     scale, zp = fmt.scale_tensor(x.ndim), fmt.zero_point_tensor(x.ndim)
-    return fmt.fit(round_real(x / scale, fmt.rounding, generator) + zp)
+    return fmt.fit(round_real(_scaled(x, x / scale), fmt.rounding, generator) + zp)
+
+
+def _scaled(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Make ``y`` (``x`` scaled to raw units) safe to round: huge finite values are clamped to
+    +-2**40 (beyond any 32-bit range plus zero point, so they still saturate instead of overflowing
+    int64), a negative value that underflowed to 0 stays negative (floor gives -1), and NaN/inf
+    are left for ``round_real`` to reject."""
+    y = torch.where((y == 0) & (x < 0), -(2.0**-1074), y)
+    return torch.where(torch.isfinite(x), y.clamp(-(2.0**40), 2.0**40), y)
 
 
 def dequantize(raw: torch.Tensor, fmt: Format) -> torch.Tensor:
@@ -79,9 +90,9 @@ def multipliers(acc_scale: torch.Tensor, out_fmt: Format) -> tuple[torch.Tensor,
 
     ``acc_scale`` is a float64 tensor (scalar or per channel); the result has its shape.
     """
-    out_scale = scale_of(out_fmt).reshape(())
     if isinstance(out_fmt, Affine) and out_fmt.per_channel:
         raise ValueError("a requantization target must be a per-tensor format")
+    out_scale = scale_of(out_fmt).reshape(())
     ratio = (acc_scale / out_scale).reshape(-1).tolist()
     ms = [quantize_multiplier(r) for r in ratio]
     shape = acc_scale.shape
@@ -101,12 +112,24 @@ def requantize(
 
     Rounding is the output format's mode; overflow is its overflow mode (wrap or saturate for
     fixed point, saturate for affine). ``m``/``shift`` broadcast against ``acc`` (per channel).
+
+    ``acc`` is int64, or float64 holding exact integers below 2**52 in magnitude (the integer
+    forward keeps activations that way, so that BLAS can do its products). The result has the
+    dtype of ``acc``. A unit multiplier on float64 is computed in float64, where scaling by a
+    power of two, rounding and wrapping are exact; every other case runs in int64.
     """
-    if acc.dtype != torch.int64:
-        raise TypeError(f"requantize expects an int64 accumulator, got {acc.dtype}")
+    if isinstance(out_fmt, Affine) and out_fmt.per_channel:
+        raise ValueError("a requantization target must be a per-tensor format")
     m_t = torch.as_tensor(m, dtype=torch.int64)
-    v = acc if (m_t.numel() == 1 and int(m_t.reshape(-1)[0]) == 1) else acc * m_t
-    q = round_shift(v, shift, out_fmt.rounding, generator)
+    unit = bool((m_t == 1).all())
+    if acc.dtype == torch.float64:
+        if unit and isinstance(out_fmt, FixedPoint) and out_fmt.rounding != "stochastic":
+            scaled = acc * torch.exp2(-torch.as_tensor(shift, dtype=torch.float64))
+            return out_fmt.fit(round_float(scaled, out_fmt.rounding))
+        return requantize(acc.to(torch.int64), m_t, shift, out_fmt, generator).to(torch.float64)
+    if acc.dtype != torch.int64:
+        raise TypeError(f"requantize expects an int64 (or exact float64) accumulator, got {acc.dtype}")
+    q = round_shift(acc if unit else acc * m_t, shift, out_fmt.rounding, generator)
     if isinstance(out_fmt, Affine):
         q = q + out_fmt.zero_point[0]
     return out_fmt.fit(q)

@@ -31,6 +31,26 @@ def _need_generator(mode: str, generator: torch.Generator | None) -> None:
         raise ValueError("stochastic rounding needs a torch.Generator (pass generator=...)")
 
 
+def round_float(x: torch.Tensor, mode: str, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Round a float64 tensor to integral float64 values with ``mode`` (no range or NaN checks).
+
+    Exact for every finite float64 input: ``nearest`` and ``stochastic`` decide from the fraction
+    ``x - floor(x)``, which is exact (``x + 0.5`` is not: it rounds 0.49999999999999994 up, and
+    ``x + u`` moves integers of 2**52 and above).
+    """
+    if mode == "nearest_even":
+        return torch.round(x)
+    r = torch.floor(x)
+    if mode == "floor":
+        return r
+    if mode == "nearest":
+        return r + (x - r >= 0.5)
+    check_rounding(mode)
+    _need_generator(mode, generator)
+    u = torch.rand(x.shape, generator=generator, dtype=torch.float64, device=x.device)
+    return r + (u < x - r)
+
+
 def round_real(x: torch.Tensor, mode: str, generator: torch.Generator | None = None) -> torch.Tensor:
     """Round a float tensor to integral values (returned as int64) with the given mode.
 
@@ -43,15 +63,7 @@ def round_real(x: torch.Tensor, mode: str, generator: torch.Generator | None = N
     if not bool(torch.isfinite(x).all()):
         bad = int((~torch.isfinite(x)).sum())
         raise ValueError(f"cannot quantize: {bad} non-finite value(s) (NaN or inf) in the input")
-    if mode == "floor":
-        r = torch.floor(x)
-    elif mode == "nearest":
-        r = torch.floor(x + 0.5)
-    elif mode == "nearest_even":
-        r = torch.round(x)
-    else:
-        u = torch.rand(x.shape, generator=generator, dtype=torch.float64, device=x.device)
-        r = torch.floor(x + u)
+    r = round_float(x, mode, generator)
     if bool((r.abs() > 2.0**62).any()):
         raise OverflowError("value too large to represent as a 64-bit integer before overflow handling")
     return r.to(torch.int64)

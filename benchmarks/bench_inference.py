@@ -1,0 +1,84 @@
+"""Throughput of the integer-exact forward against the float torch forward of the same network.
+
+Issue target: the integer-exact batched forward of the built-in ``cnn`` runs at least 0.5x the float
+forward's samples/s at batch 256. Both run in this process on the same inputs (the ``digits`` test
+split, tiled to the batch), one after the other, with the same thread count; each figure is the
+median of several timed repeats after a warm-up. The last line printed is one JSON object.
+
+Run: ``python benchmarks/bench_inference.py [--batch 256] [--repeats 7] [--json PATH]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+
+from edgetrain.data import load_dataset
+from edgetrain.experiments.deploy import pretrain_and_deploy
+from edgetrain.model.forward import forward_int, quantize_input
+from edgetrain.report import print_table, versions, write_json
+
+TARGET_RATIO = 0.5
+
+
+def samples_per_s(fn, batch: int, repeats: int, min_time: float = 0.2) -> float:
+    """Median samples/s of ``fn()`` over ``repeats`` timings, each looping for at least ``min_time``."""
+    fn()  # warm-up
+    rates = []
+    for _ in range(repeats):
+        n, t0 = 0, time.perf_counter()
+        while True:
+            fn()
+            n += 1
+            dt = time.perf_counter() - t0
+            if dt >= min_time:
+                break
+        rates.append(n * batch / dt)
+    return statistics.median(rates)
+
+
+def bench(arch: str, fmt: str, batch: int, repeats: int, epochs: int) -> dict:
+    ds = load_dataset("digits", seed=0)
+    dep = pretrain_and_deploy(ds, arch, fmt, epochs=epochs, seed=0, show_progress=False)
+    reps = -(-batch // ds.test.x.shape[0])
+    x = ds.test.x.repeat(reps, *([1] * (ds.test.x.ndim - 1)))[:batch].contiguous()
+    q = quantize_input(dep.model, x)
+    net = dep.net.float().eval()
+    with torch.inference_mode():
+        float_rate = samples_per_s(lambda: net(x), batch, repeats)
+        int_rate = samples_per_s(lambda: forward_int(dep.model, q), batch, repeats)
+        quant_rate = samples_per_s(lambda: forward_int(dep.model, quantize_input(dep.model, x)), batch, repeats)
+    return {"arch": arch, "format": fmt, "batch": batch, "float_samples_per_s": float_rate,
+            "int_samples_per_s": int_rate, "int_with_input_quantization_samples_per_s": quant_rate,
+            "ratio": int_rate / float_rate}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--epochs", type=int, default=5, help="pre-training epochs (weights do not affect speed)")
+    ap.add_argument("--json", dest="json_path")
+    args = ap.parse_args()
+    rows = [bench(arch, fmt, args.batch, args.repeats, args.epochs)
+            for arch, fmt in (("cnn", "fixed16_6"), ("cnn", "int8"), ("mlp", "fixed16_6"))]
+    print_table(rows, title=f"integer-exact vs float forward, batch {args.batch}, "
+                f"{torch.get_num_threads()} threads")
+    main_row = rows[0]
+    result = {"benchmark": "bench_inference", "batch": args.batch, "threads": torch.get_num_threads(),
+              "rows": rows,
+              "targets": [{"name": "cnn fixed16_6 int/float throughput ratio at batch 256",
+                           "value": main_row["ratio"], "target": f">= {TARGET_RATIO}",
+                           "met": main_row["ratio"] >= TARGET_RATIO}],
+              "versions": versions()}
+    if args.json_path:
+        write_json(args.json_path, result)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+"""Command line: parses arguments and calls ``experiments``; no logic of its own."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import __version__
+
+
+def _common(p: argparse.ArgumentParser, device: bool = True) -> None:
+    p.add_argument("--seed", type=int, default=0, help="random seed (data split, training, shifts)")
+    p.add_argument("--json", dest="json_path", metavar="PATH", help="write the result record as JSON")
+    if device:
+        p.add_argument("--device", default="cortex-m4", help="device profile for costs (see 'edgetrain devices')")
+
+
+def _data(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", help="directory with dataset files (else $EDGETRAIN_DATA, then the cache)")
+    p.add_argument("--download", action="store_true", help="download missing MNIST-family files (checksummed)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="edgetrain", description="Train quantized networks on the device "
+                                 "where they are deployed, and count what it costs.")
+    ap.add_argument("--version", action="version", version=f"edgetrain {__version__}")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("demo", help="train, deploy, shift and cost a small CNN on digits (built-in defaults)")
+    _common(d)
+    _data(d)
+    d.add_argument("--dataset", default="digits")
+    d.add_argument("--arch", default="cnn", choices=("cnn", "mlp"))
+    d.add_argument("--format", dest="fmt", default="fixed16_6", help="fixed<W>_<I>[:rounding][:overflow], int8, uint8")
+    d.add_argument("--shift", default="noise:0.3", help="input shift, e.g. noise:0.3, rotate:15, contrast:0.5")
+    d.add_argument("--epochs", type=int, default=30)
+    d.add_argument("--out", default="runs/demo", help="directory for result.json, CSV and PNG")
+    d.add_argument("--no-progress", action="store_true")
+
+    p = sub.add_parser("pretrain", help="train a float network and save it deployed (.etm)")
+    _common(p)
+    _data(p)
+    p.add_argument("--dataset", default="digits")
+    p.add_argument("--arch", default="cnn", choices=("cnn", "mlp"))
+    p.add_argument("--format", dest="fmt", default="fixed16_6")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--out", required=True, help="path of the .etm model file to write")
+    p.add_argument("--no-progress", action="store_true")
+
+    e = sub.add_parser("evaluate", help="integer-exact accuracy of a saved model, optionally under a shift")
+    _common(e)
+    _data(e)
+    e.add_argument("model", help="a .etm file written by 'edgetrain pretrain'")
+    e.add_argument("--dataset", help="dataset (default: the one the model was trained on)")
+    e.add_argument("--shift", default="none", help="input shift, e.g. noise:0.3")
+
+    v = sub.add_parser("devices", help="list device profiles with their numbers")
+    _common(v, device=False)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except (ValueError, TypeError, OSError, KeyError) as e:
+        print(f"edgetrain {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "demo":
+        from .experiments.demo import DemoConfig, run_demo
+        from .report import write_json
+
+        rec = run_demo(DemoConfig(dataset=args.dataset, arch=args.arch, fmt=args.fmt, shift=args.shift,
+                                  device=args.device, epochs=args.epochs, seed=args.seed,
+                                  data_dir=args.data_dir, download=args.download, out=args.out,
+                                  progress=not args.no_progress))
+        if args.json_path:
+            write_json(args.json_path, rec)
+    elif args.command == "pretrain":
+        from .experiments.commands import pretrain
+
+        pretrain(args.dataset, args.arch, args.fmt, args.out, args.epochs, args.seed, args.device,
+                 args.data_dir, args.download, args.json_path, not args.no_progress)
+    elif args.command == "evaluate":
+        from .experiments.commands import evaluate
+
+        evaluate(args.model, args.dataset, args.shift, args.seed, args.device, args.data_dir,
+                 args.download, args.json_path)
+    elif args.command == "devices":
+        from .device import device_table
+        from .report import print_table, write_json
+
+        rows = device_table()
+        print_table(rows, title="device profiles (see 'sources' in edgetrain/device for each number)")
+        if args.json_path:
+            write_json(args.json_path, rows)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
