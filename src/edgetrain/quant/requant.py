@@ -27,20 +27,28 @@ def quantize(x: torch.Tensor, fmt: Format, generator: torch.Generator | None = N
     """Real values -> raw integers (int64) in ``fmt``, with the format's rounding and overflow."""
     x = torch.as_tensor(x, dtype=torch.float64)
     if isinstance(fmt, FixedPoint):
-        if fmt.overflow == "wrap":  # exact: moves the raw value by a multiple of 2**width
-            x = torch.fmod(x, 2.0**fmt.integer_bits)
-        return fmt.fit(round_real(_scaled(x, x * 2.0**fmt.frac_bits), fmt.rounding, generator))
+        span = 2.0**fmt.width if fmt.overflow == "wrap" else None
+        y = _scaled(x, x * 2.0**fmt.frac_bits, span)
+        return fmt.fit(round_real(y, fmt.rounding, generator))
     scale, zp = fmt.scale_tensor(x.ndim), fmt.zero_point_tensor(x.ndim)
     return fmt.fit(round_real(_scaled(x, x / scale), fmt.rounding, generator) + zp)
 
 
-def _scaled(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Make ``y`` (``x`` scaled to raw units) safe to round: huge finite values are clamped to
-    +-2**40 (beyond any 32-bit range plus zero point, so they still saturate instead of overflowing
-    int64), a negative value that underflowed to 0 stays negative (floor gives -1), and NaN/inf
-    are left for ``round_real`` to reject."""
+def _scaled(x: torch.Tensor, y: torch.Tensor, span: float | None = None) -> torch.Tensor:
+    """Make ``y`` (``x`` scaled to raw units) safe to round to int64 without changing the final
+    raw value, so every finite input wraps or saturates exactly as ``ap_fixed`` does.
+
+    A negative value that underflowed to 0 stays negative (floor gives -1). Saturating formats
+    (``span`` None): values beyond +-2**40 (past any 32-bit range plus zero point) are clamped.
+    Wrapping formats: a value of magnitude >= 2**53 is an integer and is reduced modulo ``span``
+    exactly; one that overflowed to inf from a finite input is a multiple of ``span`` (0).
+    NaN and inf inputs are left for ``round_real`` to reject.
+    """
     y = torch.where((y == 0) & (x < 0), -(2.0**-1074), y)
-    return torch.where(torch.isfinite(x), y.clamp(-(2.0**40), 2.0**40), y)
+    if span is None:
+        return torch.where(torch.isfinite(x), y.clamp(-(2.0**40), 2.0**40), y)
+    y = torch.where(torch.isinf(y) & torch.isfinite(x), 0.0, y)
+    return torch.where(y.abs() >= 2.0**53, y - span * torch.floor(y / span), y)
 
 
 def dequantize(raw: torch.Tensor, fmt: Format) -> torch.Tensor:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 
 ROUNDING_MODES = ("floor", "nearest", "nearest_even", "stochastic")
+MAX_SHIFT = 62  # 1 << 63 overflows int64
 
 
 def check_rounding(mode: str) -> str:
@@ -85,6 +86,9 @@ def round_shift(
     if v.dtype != torch.int64:
         raise TypeError(f"round_shift expects an int64 tensor, got {v.dtype}")
     s = torch.as_tensor(shift, dtype=torch.int64, device=v.device)
+    if s.numel() and (int(s.max()) > MAX_SHIFT or int(s.min()) < -MAX_SHIFT):
+        raise ValueError(f"shift {int(s.max()) if int(s.max()) > MAX_SHIFT else int(s.min())} is outside "
+                         f"[-{MAX_SHIFT}, {MAX_SHIFT}]: the requantization scale is too extreme for 64-bit integers")
     left = torch.clamp(-s, min=0)
     right = torch.clamp(s, min=0)
     v = torch.bitwise_left_shift(v, left)
