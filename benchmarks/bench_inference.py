@@ -66,8 +66,11 @@ def main() -> None:
     args = ap.parse_args()
     rows = [bench(arch, fmt, args.batch, args.repeats, args.epochs)
             for arch, fmt in (("cnn", "fixed16_6"), ("cnn", "int8"), ("mlp", "fixed16_6"))]
-    print_table(rows, title=f"integer-exact vs float forward, batch {args.batch}, "
-                f"{torch.get_num_threads()} threads")
+    print_table([{"arch": r["arch"], "format": r["format"], "float samples/s": round(r["float_samples_per_s"]),
+                  "int samples/s": round(r["int_samples_per_s"]),
+                  "int incl. input quantize": round(r["int_with_input_quantization_samples_per_s"]),
+                  "int/float": round(r["ratio"], 3)} for r in rows],
+                title=f"integer-exact vs float forward, batch {args.batch}, {torch.get_num_threads()} threads")
     main_row = rows[0]
     result = {"benchmark": "bench_inference", "batch": args.batch, "threads": torch.get_num_threads(),
               "rows": rows,

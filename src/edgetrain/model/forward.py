@@ -18,6 +18,7 @@ from its formats (falling back to int64 otherwise). Public results are int64.
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, field
 
@@ -87,26 +88,27 @@ def requant_params(layer: Dense | Conv2d | Conv1d) -> tuple[torch.Tensor, torch.
 
 
 def _exact_in_float64(layer: Dense | Conv2d | Conv1d) -> bool:
-    k = layer.weight[0].numel()
-    return math.log2(k) + _span_bits(layer.in_fmt) + _span_bits(layer.w_fmt) < 53
+    """Every partial sum of products plus the aligned bias stays below 2**53 in magnitude."""
+    products = math.log2(layer.weight[0].numel()) + _span_bits(layer.in_fmt) + _span_bits(layer.w_fmt)
+    return max(products, layer.b_fmt.bits + bias_shift(layer)) + 1 < 53
 
 
 def _linear_acc(layer: Dense | Conv2d | Conv1d, a: torch.Tensor) -> torch.Tensor:
-    """Exact accumulator of a dense or convolution layer for centred input ``a``: float64 holding
-    exact integers when that is exact for these formats, else int64."""
+    """Exact accumulator of a dense or convolution layer for centred input ``a`` (bias included):
+    float64 holding exact integers when that is exact for these formats, else int64."""
     w = layer.weight - zero_point_of(layer.w_fmt, layer.weight.ndim)
-    dtype = torch.float64 if _exact_in_float64(layer) else torch.int64
-    a, w = a.to(dtype), w.to(dtype)
+    b = torch.bitwise_left_shift(layer.bias, bias_shift(layer))
+    if not _exact_in_float64(layer):
+        a, w = a.to(torch.int64), w.to(torch.int64)
+        acc = a @ w.T if isinstance(layer, Dense) else _int_conv(layer, a, w)
+        return acc + _ch_view(b, acc.ndim)
+    a, w, b = a.to(torch.float64), w.to(torch.float64), b.to(torch.float64)
     if isinstance(layer, Dense):
-        acc = a @ w.T
-    elif dtype == torch.int64:
-        acc = _int_conv(layer, a, w)
-    elif isinstance(layer, Conv2d):
-        acc = F.conv2d(a, w, stride=layer.stride, padding=layer.padding)
-    else:
-        acc = F.conv1d(a, w, stride=layer.stride, padding=layer.padding)
-    b = torch.bitwise_left_shift(layer.bias, bias_shift(layer)).to(dtype)
-    return acc + _ch_view(b, acc.ndim)
+        return torch.addmm(b, a, w.T)
+    if isinstance(layer, Conv2d):  # channels-last runs the float64 convolution ~1.5x faster
+        a = a.contiguous(memory_format=torch.channels_last)
+        return F.conv2d(a, w, b, stride=layer.stride, padding=layer.padding)
+    return F.conv1d(a, w, b, stride=layer.stride, padding=layer.padding)
 
 
 def _int_conv(layer: Conv2d | Conv1d, a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -122,6 +124,19 @@ def _int_conv(layer: Conv2d | Conv1d, a: torch.Tensor, w: torch.Tensor) -> torch
     cols = F.unfold(a2.double(), (kh, kw), padding=padding, stride=stride).to(torch.int64)
     out = (w2.reshape(w2.shape[0], -1) @ cols).reshape(n, w2.shape[0], h, wd)
     return out.squeeze(2) if isinstance(layer, Conv1d) else out
+
+
+def _max_pool(q: torch.Tensor, kernel: tuple[int, ...], stride: tuple[int, ...]) -> torch.Tensor:
+    """Max pooling (no padding) as an elementwise maximum over the window's strided views: one
+    ``maximum`` per window position, several times faster than the float64 pooling kernel."""
+    out_sizes = [(n - k) // s + 1 for n, k, s in zip(q.shape[2:], kernel, stride, strict=True)]
+    result = None
+    for offsets in itertools.product(*(range(k) for k in kernel)):
+        index = [slice(None), slice(None)] + [
+            slice(o, o + s * (n - 1) + 1, s) for o, s, n in zip(offsets, stride, out_sizes, strict=True)]
+        view = q[tuple(index)]
+        result = view if result is None else torch.maximum(result, view)
+    return result
 
 
 def _check_acc(acc: torch.Tensor, index: int, layer: Layer, policy: str, trace: ForwardTrace | None):
@@ -147,15 +162,15 @@ def layer_forward_int(
     holding exact integers; the result is float64 holding exact integers."""
     q = q.to(torch.float64)
     if isinstance(layer, (Dense, Conv2d, Conv1d)):
-        a = q - zero_point_of(layer.in_fmt)
+        z = int(zero_point_of(layer.in_fmt))
+        a = q - z if z else q
         acc = _check_acc(_linear_acc(layer, a), index, layer, overflow, trace)
         m, s = requant_params(layer)
         return requantize(acc, _ch_view(m, acc.ndim), _ch_view(s, acc.ndim), layer.out_fmt).to(torch.float64)
     if isinstance(layer, ReLU):
         return torch.clamp(q, min=int(zero_point_of(layer.fmt)))
     if isinstance(layer, MaxPool):
-        pool = F.max_pool2d if len(layer.kernel) == 2 else F.max_pool1d
-        return pool(q, layer.kernel, layer.stride)
+        return _max_pool(q, layer.kernel, layer.stride)
     if isinstance(layer, GlobalAvgPool):
         positions = math.prod(q.shape[2:])
         acc = (q - zero_point_of(layer.in_fmt)).flatten(2).sum(dim=2)

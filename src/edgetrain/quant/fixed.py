@@ -88,6 +88,10 @@ class FixedPoint:
         """Bring integer raw values into the format's range with its overflow mode (wrap or saturate)."""
         if self.overflow == "saturate":
             return raw.clamp(self.raw_min, self.raw_max)
+        if raw.numel():
+            lo, hi = torch.aminmax(raw)
+            if int(lo) >= self.raw_min and int(hi) <= self.raw_max:
+                return raw  # nothing to wrap: skip the modulo (the common case)
         span = 1 << self.width
         return torch.remainder(raw - self.raw_min, span) + self.raw_min
 
