@@ -20,6 +20,13 @@ def _data(p: argparse.ArgumentParser) -> None:
     p.add_argument("--download", action="store_true", help="download missing MNIST-family files (checksummed)")
 
 
+DEVICE_COLUMNS = {
+    "mcu": ["name", "core", "clock_mhz", "sram_kb", "flash_kb", "cycles_per_mac", "energy_per_mac_pj", "estimated"],
+    "fpga": ["name", "part", "luts", "ffs", "dsps", "bram_36k", "clock_mhz", "estimated"],
+    "nvm": ["name", "write_pj_per_bit", "read_pj_per_bit", "endurance_writes", "estimated"],
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="edgetrain", description="Train quantized networks on the device "
                                  "where they are deployed, and count what it costs.")
@@ -94,7 +101,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from .report import print_table, write_json
 
         rows = device_table()
-        print_table(rows, title="device profiles (see 'sources' in edgetrain/device for each number)")
+        for kind, cols in DEVICE_COLUMNS.items():
+            print_table([r for r in rows if r["kind"] == kind], cols, title=f"{kind} profiles")
+        print("Numbers marked 'estimated' are model parameters or estimates; each profile lists its sources "
+              "and the basis of every number (edgetrain/device/profiles.py; full rows with --json).")
         if args.json_path:
             write_json(args.json_path, rows)
     return 0
