@@ -19,15 +19,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import struct
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from .. import __version__
+from ..files import atomic_write
 from ..quant import Format, format_from_dict
 from .deployed import DeployedModel
 from .layers import LAYER_TYPES, Layer
@@ -91,18 +90,7 @@ def model_to_bytes(model: DeployedModel) -> bytes:
 
 def save_model(model: DeployedModel, path: str | Path) -> Path:
     """Write ``model`` to ``path`` atomically (a crash never leaves half a file behind)."""
-    path = Path(path)
-    data = model_to_bytes(model)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, model_to_bytes(model))
 
 
 def _array(spec: dict, payload: bytes, where: str) -> torch.Tensor:
