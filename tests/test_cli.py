@@ -84,3 +84,27 @@ def test_every_command_has_help_seed_json(cmd, capsys):
     assert e.value.code == 0
     text = capsys.readouterr().out
     assert "--seed" in text and "--json" in text
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["demo", "--format", "fixed24_8", "--epochs", "1"], "accumulator"),
+    (["demo", "--format", "fixed16_6:stochastic"], "stochastic"),
+    (["demo", "--format", "fixed99_1"], "fixed99_1"),
+    (["demo", "--device", "ku115"], "microcontroller"),
+    (["demo", "--shift", "noise:-1"], "noise"),
+    (["pretrain", "--out", "OUT", "--device", "nope"], "unknown device"),
+    (["demo", "--dataset", "mnist"], "md5"),
+])
+def test_bad_arguments_exit_2_with_a_clear_message(args, expected, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("EDGETRAIN_DATA", raising=False)
+    args = [str(tmp_path / "m.etm") if a == "OUT" else a for a in args]
+    assert main([*args, "--no-progress", "--out", str(tmp_path / "o")] if args[0] == "demo" else args) == 2
+    assert expected in capsys.readouterr().err
+    assert not (tmp_path / "m.etm").exists()  # refused before anything was trained or written
+
+
+def test_negative_epochs_refused(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["demo", "--epochs", "-1"])
+    assert e.value.code == 2 and "at least 1" in capsys.readouterr().err

@@ -823,3 +823,20 @@ def test_build_float_net_is_seeded_and_leaves_global_rng(arch, shape):
     expected = torch.rand(3)
     torch.set_rng_state(state)
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_conversion_report_counts_wrap_before_relu_in_fixed_point():
+    """ap_fixed wraps: a negative pre-activation can wrap positive and pass the ReLU, so the
+    report must judge the pre-ReLU range (only affine schemes fold the ReLU into the clamp)."""
+    from torch import nn
+
+    from edgetrain.model.convert import convert
+
+    lin = nn.Linear(1, 1)
+    with torch.no_grad():
+        lin.weight.fill_(-3.5)
+        lin.bias.zero_()
+    net = nn.Sequential(lin, nn.ReLU(), nn.Linear(1, 1))
+    _, report = convert(net, torch.full((4, 1), 2.0), "fixed8_3")  # -7.0 is below fixed8_3's -4
+    out_rows = [r for r in report.rows if r["layer"] == 0 and r["tensor"] == "output"]
+    assert out_rows[0]["out_of_range"] == 1.0 and report.worst_out_of_range() == 1.0

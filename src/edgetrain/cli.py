@@ -15,6 +15,13 @@ def _common(p: argparse.ArgumentParser, device: bool = True) -> None:
         p.add_argument("--device", default="cortex-m4", help="device profile for costs (see 'edgetrain devices')")
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _data(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", help="directory with dataset files (else $EDGETRAIN_DATA, then the cache)")
     p.add_argument("--download", action="store_true", help="download missing MNIST-family files (checksummed)")
@@ -40,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--arch", default="cnn", choices=("cnn", "mlp"))
     d.add_argument("--format", dest="fmt", default="fixed16_6", help="fixed<W>_<I>[:rounding][:overflow], int8, uint8")
     d.add_argument("--shift", default="noise:0.3", help="input shift, e.g. noise:0.3, rotate:15, contrast:0.5")
-    d.add_argument("--epochs", type=int, default=30)
+    d.add_argument("--epochs", type=_positive, default=30)
     d.add_argument("--out", default="runs/demo", help="directory for result.json, CSV and PNG")
     d.add_argument("--no-progress", action="store_true")
 
@@ -50,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default="digits")
     p.add_argument("--arch", default="cnn", choices=("cnn", "mlp"))
     p.add_argument("--format", dest="fmt", default="fixed16_6")
-    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--epochs", type=_positive, default=30)
     p.add_argument("--out", required=True, help="path of the .etm model file to write")
     p.add_argument("--no-progress", action="store_true")
 
@@ -70,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return _dispatch(args)
-    except (ValueError, TypeError, OSError, KeyError) as e:
+    except (ValueError, TypeError, OSError, KeyError, ArithmeticError) as e:
         print(f"edgetrain {args.command}: error: {e}", file=sys.stderr)
         return 2
 

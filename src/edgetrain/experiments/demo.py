@@ -14,14 +14,12 @@ from pathlib import Path
 
 import torch
 
-from ..cost import Ledger, fits, flash_bytes, inference_macs, inference_plan
-from ..cost.energy import energy_j, latency_s
 from ..data import load_dataset
-from ..device import get_device
 from ..model.forward import accuracy
+from ..model.scheme import parse_scheme
 from ..report import make_record, print_table, write_csv, write_json
 from ..shift import parse_shift
-from .deploy import pretrain_and_deploy, shifted_accuracy
+from .deploy import deployment_costs, deployment_ledger, mcu_profile, pretrain_and_deploy, shifted_accuracy
 
 SWEEP_SIGMAS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
 
@@ -39,27 +37,6 @@ class DemoConfig:
     download: bool = False
     out: str | None = "runs/demo"
     progress: bool = True
-
-
-def deployment_costs(model, device_name: str) -> dict:
-    """MACs, flash, inference RAM and whether it fits ``device_name``, plus per-inference latency
-    and energy from the profile."""
-    dev = get_device(device_name)
-    macs = inference_macs(model)
-    flash = flash_bytes(model)
-    ram = inference_plan(model).peak_bytes()
-    fit = fits(dev, ram_bytes=ram, flash_bytes=flash)
-    return {"device": dev, "macs": macs, "flash_bytes": flash, "ram_bytes": ram, "fit": fit,
-            "latency_s": latency_s(macs, dev), "energy_j": energy_j(macs, dev)}
-
-
-def deployment_ledger(cost: dict, wall_s: float) -> dict:
-    """Result-record ledger of a deployed model that learns nothing (method ``none``): the
-    per-inference MACs, latency and energy, the flash it takes; no training RAM (null), and zero
-    training passes, extra memory and weight writes, which are counts, not guesses."""
-    return Ledger(forward_passes=0, macs=cost["macs"], extra_memory_bytes=0, flash_bytes=cost["flash_bytes"],
-                  weight_writes=0, max_writes_per_cell=0, mean_write_density=0.0, energy_j=cost["energy_j"],
-                  latency_s=cost["latency_s"], wall_s=wall_s).to_dict()
 
 
 def noise_sweep(dep, ds, seed: int) -> list[dict]:
@@ -101,11 +78,12 @@ def plot_sweep(rows: list[dict], path: Path, title: str) -> Path:
 def run_demo(cfg: DemoConfig) -> dict:
     """Run the demo; print the table; write files under ``cfg.out``; return the result record."""
     t0 = time.perf_counter()
+    parse_scheme(cfg.fmt), mcu_profile(cfg.device)  # refuse bad arguments before any training
+    shift = parse_shift(cfg.shift)
     ds = load_dataset(cfg.dataset, data_dir=cfg.data_dir, download=cfg.download, seed=cfg.seed)
     dep = pretrain_and_deploy(ds, cfg.arch, cfg.fmt, cfg.epochs, cfg.seed, cfg.progress)
-    shift = parse_shift(cfg.shift)
     clean = accuracy(dep.model, ds.test.x, ds.test.y)
-    shifted = shifted_accuracy(dep.model, ds.test.x, ds.test.y, shift, cfg.seed)
+    shifted = None if shift.name == "none" else shifted_accuracy(dep.model, ds.test.x, ds.test.y, shift, cfg.seed)
     cost = deployment_costs(dep.model, cfg.device)
     dev = cost["device"]
     fmt = dep.model.meta["format"]
@@ -113,7 +91,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     table = [{"quantity": q, "value": v} for q, v in (
         ("float accuracy (test)", f"{dep.float_accuracy:.4f}"),
         (f"deployed accuracy ({fmt}, integer-exact)", f"{clean:.4f}"),
-        (f"deployed accuracy under {shift.name}", f"{shifted:.4f}"),
+        (f"deployed accuracy under {shift.name}", "-" if shifted is None else f"{shifted:.4f}"),
         ("model bytes (flash)", f"{cost['flash_bytes']:,}"),
         ("MACs per inference", f"{cost['macs']:,}"),
         (f"inference RAM on {dev.name} (peak activations)", f"{cost['ram_bytes']:,}"),
@@ -125,11 +103,12 @@ def run_demo(cfg: DemoConfig) -> dict:
     wall = time.perf_counter() - t0
     record = make_record(
         method="none", dataset=ds.name, model=cfg.arch, fmt=fmt, shift=shift.name,
-        device=cfg.device, seed=cfg.seed,
-        accuracy={"clean": clean, "shifted": shifted, "final": shifted, "reference": dep.float_accuracy},
+        device=dev.name, seed=cfg.seed,
+        accuracy={"clean": clean, "shifted": shifted, "final": clean if shifted is None else shifted,
+                  "reference": dep.float_accuracy},
         ledger=deployment_ledger(cost, wall),
-        ledger_scope="per inference: method 'none' adapts nothing, so no training cost is incurred",
-        deployment={"device_part": dev.part, "inference_ram_bytes": cost["ram_bytes"],
+        ledger_scope="one inference: method 'none' adapts nothing, so no training cost is incurred",
+        deployment={"device_requested": cfg.device, "device_part": dev.part, "inference_ram_bytes": cost["ram_bytes"],
                     "fits": cost["fit"].ok, "fit_report": str(cost["fit"]),
                     "pretrain_seconds": dep.train_seconds, "epochs": cfg.epochs},
         conversion=dep.conversion.rows,

@@ -12,7 +12,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..cost import Ledger, fits, flash_bytes, inference_macs, inference_plan
+from ..cost.energy import energy_j, latency_s
 from ..data import Dataset
+from ..device import DEVICES, get_device
 from ..model import DeployedModel
 from ..model.arch import build_float_net
 from ..model.convert import ConversionReport, convert
@@ -51,10 +54,42 @@ def pretrain_and_deploy(
     calib_idx = torch.randperm(ds.train.x.shape[0], generator=g)[:CALIBRATION_SAMPLES]
     f_acc = float_accuracy(net, ds.test.x, ds.test.y)
     meta = {"arch": arch, "dataset": ds.name, "classes": list(ds.classes),
-            "split_seed": ds.meta.get("split_seed", seed), "seed": seed, "float_accuracy": f_acc,
+            "split_seed": seed, "seed": seed, "float_accuracy": f_acc,
             "pretrain_epochs": epochs, "calibration_samples": int(calib_idx.numel())}
     model, report = convert(net, ds.train.x[calib_idx], fmt, meta=meta)
     return Deployment(net, model, report, f_acc, train_s)
+
+
+def deployment_costs(model, device_name: str) -> dict:
+    """MACs, flash, inference RAM and whether it fits ``device_name``, plus per-inference latency
+    and energy from the profile."""
+    dev = mcu_profile(device_name)
+    macs = inference_macs(model)
+    flash = flash_bytes(model)
+    ram = inference_plan(model).peak_bytes()
+    fit = fits(dev, ram_bytes=ram, flash_bytes=flash)
+    return {"device": dev, "macs": macs, "flash_bytes": flash, "ram_bytes": ram, "fit": fit,
+            "latency_s": latency_s(macs, dev), "energy_j": energy_j(macs, dev)}
+
+
+def deployment_ledger(cost: dict, wall_s: float) -> dict:
+    """Result-record ledger of a deployed model that learns nothing (method ``none``), for one
+    inference: one forward pass, its MACs, latency and energy, the flash the model takes; no
+    backward work, extra memory or weight writes (counted zeros); no training RAM and no write
+    density (null: nothing is trained, so they do not apply)."""
+    return Ledger(forward_passes=1, macs_forward=cost["macs"], macs_backward=0, extra_memory_bytes=0,
+                  flash_bytes=cost["flash_bytes"], weight_writes=0, max_writes_per_cell=0,
+                  energy_j=cost["energy_j"], latency_s=cost["latency_s"], wall_s=wall_s).to_dict()
+
+
+def mcu_profile(name: str):
+    """The MCU profile called ``name`` (or alias); an FPGA or NVM profile cannot run the model."""
+    dev = get_device(name)
+    if getattr(dev, "kind", None) != "mcu":
+        mcus = sorted(n for n, p in DEVICES.items() if getattr(p, "kind", None) == "mcu")
+        raise ValueError(f"device {name!r} is a {dev.kind} profile; costing a deployed model needs a "
+                         f"microcontroller: one of {mcus}")
+    return dev
 
 
 def check_compatible(model: DeployedModel, ds: Dataset) -> None:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..quant import Affine, FixedPoint, Format, affine_from_range, dequantize, quantize
+from ..quant import Affine, FixedPoint, Format, affine_from_range, dequantize, quantize, round_real
 from .deployed import DeployedModel
 from .layers import Conv1d, Conv2d, Dense, Flatten, GlobalAvgPool, Layer, MaxPool, ReLU
 from .scheme import FixedScheme, Scheme, parse_scheme
@@ -114,11 +114,12 @@ def _validate_module(m: nn.Module, i: int) -> None:
         raise ValueError(f"flatten at position {i}: only start_dim=1 is supported")
 
 
-def calibrate(mods: list[nn.Module], x: torch.Tensor) -> list[torch.Tensor]:
+def calibrate(mods: list[nn.Module], x: torch.Tensor, relu_fused: bool = False) -> list[torch.Tensor]:
     """Pass 3: the input and every module's output on the calibration batch (float64).
 
-    The output of a Linear/Conv followed by ReLU is replaced by the ReLU's: on an affine device
-    the requantization clamp then implements the ReLU, and no codes are spent on negatives.
+    With ``relu_fused`` (affine schemes) the output of a Linear/Conv followed by ReLU is replaced by
+    the ReLU's: the requantization clamp then implements the ReLU and no codes go to negatives.
+    Fixed-point formats keep the pre-ReLU range, since a wrapped negative would pass the ReLU.
     """
     if not torch.isfinite(x).all():
         raise ValueError("calibration data contains non-finite values")
@@ -129,7 +130,7 @@ def calibrate(mods: list[nn.Module], x: torch.Tensor) -> list[torch.Tensor]:
             if not torch.isfinite(acts[-1]).all():
                 raise ValueError(f"non-finite activations after {type(m).__name__} during calibration")
     for i, m in enumerate(mods[:-1]):
-        if isinstance(m, LINEAR) and isinstance(mods[i + 1], nn.ReLU):
+        if relu_fused and isinstance(m, LINEAR) and isinstance(mods[i + 1], nn.ReLU):
             acts[i + 1] = acts[i + 2]
     return acts
 
@@ -158,12 +159,15 @@ def _bias_format(scheme: Scheme, in_fmt: Format, w_fmt: Format) -> Format:
 
 
 def _out_of_range(x: torch.Tensor, fmt: Format) -> float:
-    """Fraction of real values ``x`` that the format cannot hold (they would wrap or saturate)."""
+    """Fraction of real values ``x`` that ``fmt`` cannot hold after its own rounding (they would
+    wrap or saturate on the device)."""
+    if not x.numel():
+        return 0.0
     if isinstance(fmt, FixedPoint):
-        lo, hi = fmt.min_value, fmt.max_value
-        return float(((x < lo) | (x > hi + fmt.lsb)).double().mean()) if x.numel() else 0.0
-    q = torch.round(x / fmt.scale_tensor(x.ndim)) + fmt.zero_point_tensor(x.ndim)
-    return float(((q < fmt.raw_min) | (q > fmt.raw_max)).double().mean()) if x.numel() else 0.0
+        q = round_real(x * 2.0**fmt.frac_bits, fmt.rounding)
+    else:
+        q = round_real(x / fmt.scale_tensor(x.ndim), fmt.rounding) + fmt.zero_point_tensor(x.ndim)
+    return float(((q < fmt.raw_min) | (q > fmt.raw_max)).double().mean())
 
 
 def quantize_modules(
@@ -237,10 +241,11 @@ def convert(
     was_training = net.training
     net.eval()
     try:
-        mods = fold_batchnorm(drop_noops(_check_modules(net)))
-        mods = [copy.deepcopy(m).to(torch.float64) for m in mods]  # never cast the caller's net
+        # copy (never cast the caller's net) and fold in float64, so folding adds no float32 rounding
+        mods = fold_batchnorm([copy.deepcopy(m).to(torch.float64) for m in drop_noops(_check_modules(net))])
         report = ConversionReport(scheme.name)
-        input_fmt, layers = quantize_modules(mods, scheme, calibrate(mods, calibration), report)
+        acts = calibrate(mods, calibration, relu_fused=not isinstance(scheme, FixedScheme))
+        input_fmt, layers = quantize_modules(mods, scheme, acts, report)
     finally:
         net.train(was_training)
     info = {"format": scheme.name, **(meta or {})}

@@ -148,7 +148,8 @@ def _check_acc(acc: torch.Tensor, index: int, layer: Layer, policy: str, trace: 
         raise AccumulatorOverflowError(
             f"layer {index} ({layer.kind}): {count} accumulator value(s) outside the signed "
             f"{ACC_BITS}-bit range (min {lo}, max {hi}); the device would wrap silently. "
-            "Use narrower formats or pass overflow='wrap' to emulate the wrap.")
+            "Use a narrower format (fewer fractional bits, e.g. --format fixed16_6), or "
+            "forward_int(..., overflow='wrap') to emulate the wrap.")
     if trace is not None:
         trace.overflows[index] = trace.overflows.get(index, 0) + int(((acc < ACC_MIN) | (acc > ACC_MAX)).sum())
     return torch.remainder(acc - ACC_MIN, 1 << ACC_BITS) + ACC_MIN

@@ -48,6 +48,10 @@ def parse_scheme(spec: str) -> Scheme:
     if s in ("int8", "uint8"):
         return AffineScheme(signed=s == "int8")
     if "fixed" in s:
-        return FixedScheme(parse_fixed(s))
+        fmt = parse_fixed(s)
+        if fmt.rounding == "stochastic":
+            raise ValueError(f"format {spec!r}: stochastic rounding is a training-time option; a deployed "
+                             "model's formats must round deterministically (floor, nearest, nearest_even)")
+        return FixedScheme(fmt)
     raise ValueError(f"unknown format {spec!r}; expected 'fixed<W>_<I>' (e.g. fixed16_6, "
                      "fixed8_3:nearest:saturate), 'int8' or 'uint8'")
