@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import itertools
 import math
+import weakref
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -87,6 +89,27 @@ def requant_params(layer: Dense | Conv2d | Conv1d) -> tuple[torch.Tensor, torch.
     return multipliers(acc_scale(layer), layer.out_fmt)
 
 
+class _Constants(NamedTuple):
+    m: torch.Tensor  # requantization multipliers, per output channel or scalar
+    shift: torch.Tensor
+    bias: torch.Tensor  # bias aligned to the accumulator (int64)
+    exact_f64: bool
+
+
+_CONSTANTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _constants(layer: Dense | Conv2d | Conv1d) -> _Constants:
+    """Per-layer constants derived from its formats and bias, computed once per layer object
+    (layers are immutable; a trainer's new layer gets its own entry, dropped with the layer)."""
+    c = _CONSTANTS.get(layer)
+    if c is None:
+        m, s = requant_params(layer)
+        c = _Constants(m, s, torch.bitwise_left_shift(layer.bias, bias_shift(layer)), _exact_in_float64(layer))
+        _CONSTANTS[layer] = c
+    return c
+
+
 def _exact_in_float64(layer: Dense | Conv2d | Conv1d) -> bool:
     """Every partial sum of products plus the aligned bias stays below 2**53 in magnitude."""
     products = math.log2(layer.weight[0].numel()) + _span_bits(layer.in_fmt) + _span_bits(layer.w_fmt)
@@ -97,8 +120,9 @@ def _linear_acc(layer: Dense | Conv2d | Conv1d, a: torch.Tensor) -> torch.Tensor
     """Exact accumulator of a dense or convolution layer for centred input ``a`` (bias included):
     float64 holding exact integers when that is exact for these formats, else int64."""
     w = layer.weight - zero_point_of(layer.w_fmt, layer.weight.ndim)
-    b = torch.bitwise_left_shift(layer.bias, bias_shift(layer))
-    if not _exact_in_float64(layer):
+    const = _constants(layer)
+    b = const.bias
+    if not const.exact_f64:
         a, w = a.to(torch.int64), w.to(torch.int64)
         acc = a @ w.T if isinstance(layer, Dense) else _int_conv(layer, a, w)
         return acc + _ch_view(b, acc.ndim)
@@ -166,8 +190,8 @@ def layer_forward_int(
         z = int(zero_point_of(layer.in_fmt))
         a = q - z if z else q
         acc = _check_acc(_linear_acc(layer, a), index, layer, overflow, trace)
-        m, s = requant_params(layer)
-        return requantize(acc, _ch_view(m, acc.ndim), _ch_view(s, acc.ndim), layer.out_fmt).to(torch.float64)
+        c = _constants(layer)
+        return requantize(acc, _ch_view(c.m, acc.ndim), _ch_view(c.shift, acc.ndim), layer.out_fmt).to(torch.float64)
     if isinstance(layer, ReLU):
         return torch.clamp(q, min=int(zero_point_of(layer.fmt)))
     if isinstance(layer, MaxPool):
