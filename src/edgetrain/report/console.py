@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -16,6 +17,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.table import Table
+
+from ..files import atomic_write
 
 console = Console(stderr=False)
 
@@ -50,12 +53,11 @@ def print_table(rows: Sequence[dict], columns: Sequence[str] | None = None, titl
 
 
 def write_csv(path: str | Path, rows: Iterable[dict], columns: Sequence[str] | None = None) -> Path:
+    """Write dict rows as CSV, atomically."""
     rows = list(rows)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     columns = list(columns or (rows[0].keys() if rows else []))
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
-    return path
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    return atomic_write(path, buf.getvalue())

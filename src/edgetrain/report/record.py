@@ -23,9 +23,11 @@ ACCURACY_KEYS = ("clean", "shifted", "final", "reference")
 
 @lru_cache(maxsize=1)
 def git_commit() -> str | None:
-    """The commit of the checkout edgetrain runs from, or None outside a git checkout."""
+    """The commit of the checkout edgetrain runs from (suffixed ``-dirty`` when the tree has
+    uncommitted changes), or None outside a git checkout."""
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
+        here = Path(__file__).resolve().parent
+        out = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=40"], cwd=here,
                              capture_output=True, text=True, timeout=5, check=True)
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
@@ -49,6 +51,9 @@ def make_record(
            "device": device, "seed": seed,
            "accuracy": {k: accuracy.get(k) for k in ACCURACY_KEYS},
            "ledger": dict(ledger), "versions": versions()}
+    clash = set(extra) & set(rec)
+    if clash:
+        raise ValueError(f"extra record fields {sorted(clash)} would overwrite required keys")
     rec.update(extra)
     return rec
 
