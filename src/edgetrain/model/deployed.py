@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..quant import Format
+from ..quant import Format, in_range
 from .layers import Layer
 
 
@@ -72,7 +72,7 @@ class DeployedModel:
         if raw.is_floating_point():
             raise TypeError(f"parameter {name}: raw values must be integers, got {raw.dtype}")
         raw = raw.to(torch.int64)
-        if raw.numel() and (int(raw.min()) < fmt.raw_min or int(raw.max()) > fmt.raw_max):
+        if not in_range(raw, fmt):
             raise ValueError(f"parameter {name}: values outside the range of {fmt.name} "
                              f"[{fmt.raw_min}, {fmt.raw_max}]")
         idx, p = name.split(".")

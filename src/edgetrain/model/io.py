@@ -27,7 +27,7 @@ import torch
 
 from .. import __version__
 from ..files import atomic_write
-from ..quant import Format, format_from_dict
+from ..quant import Format, format_from_dict, in_range
 from .deployed import DeployedModel
 from .layers import LAYER_TYPES, Layer
 
@@ -62,7 +62,7 @@ def _layer_spec(layer: Layer, arrays: list[bytes], offset: int) -> tuple[dict, i
     for p in layer.params:
         raw = getattr(layer, p)
         fmt = layer.w_fmt if p == "weight" else layer.b_fmt
-        if raw.numel() and (int(raw.min()) < fmt.raw_min or int(raw.max()) > fmt.raw_max):
+        if not in_range(raw, fmt):
             raise ValueError(f"{layer.kind} {p}: values outside the range of {fmt.name}; "
                              "refusing to write them (they would be stored wrapped)")
         dt = _dtype_for(fmt)
@@ -122,7 +122,7 @@ def _build_layer(spec: dict, payload: bytes, index: int) -> Layer:
     for p in cls.params:
         raw = _array(spec["arrays"][p], payload, f"{where} {p}")
         fmt = kwargs["w_fmt" if p == "weight" else "b_fmt"]
-        if raw.numel() and (int(raw.min()) < fmt.raw_min or int(raw.max()) > fmt.raw_max):
+        if not in_range(raw, fmt):
             raise ModelFileError(f"{where} {p}: values outside the range of {fmt.name}")
         kwargs[p] = raw
     return cls(**kwargs)

@@ -9,6 +9,7 @@ from .fixed import OVERFLOW_MODES, FixedPoint, parse_fixed
 from .requant import (
     Format,
     dequantize,
+    in_range,
     multipliers,
     quantize,
     quantize_multiplier,
@@ -32,6 +33,6 @@ def format_from_dict(d: dict) -> Format:
 
 __all__ = [
     "Affine", "FixedPoint", "Format", "OVERFLOW_MODES", "ROUNDING_MODES", "affine_from_range",
-    "dequantize", "format_from_dict", "multipliers", "parse_fixed", "quantize", "quantize_multiplier",
+    "dequantize", "format_from_dict", "in_range", "multipliers", "parse_fixed", "quantize", "quantize_multiplier",
     "requantize", "round_float", "round_real", "round_shift", "scale_of", "zero_point_of",
 ]

@@ -62,6 +62,14 @@ def dequantize(raw: torch.Tensor, fmt: Format) -> torch.Tensor:
     return (raw - fmt.zero_point_tensor(raw.ndim)).to(torch.float64) * fmt.scale_tensor(raw.ndim)
 
 
+def in_range(raw: torch.Tensor, fmt: Format) -> bool:
+    """True if every raw value fits ``fmt`` (an empty tensor fits)."""
+    if not raw.numel():
+        return True
+    lo, hi = torch.aminmax(raw)
+    return int(lo) >= fmt.raw_min and int(hi) <= fmt.raw_max
+
+
 def scale_of(fmt: Format, ndim: int = 0) -> torch.Tensor:
     """Real value of one raw step of ``fmt`` (float64; per channel for per-channel formats)."""
     if isinstance(fmt, FixedPoint):

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from ..model import DeployedModel
-from ..quant import Format, round_real
+from ..quant import Format, in_range, round_real
 from .input import GeneratorLike, as_generator, format_number
 
 DRIFT_KINDS = ("none", "analog", "digital")
@@ -31,7 +31,7 @@ def _check_raw(raw: torch.Tensor, fmt: Format, what: str) -> None:
     if not isinstance(raw, torch.Tensor) or raw.is_floating_point() or raw.is_complex():
         raise TypeError(f"{what} expects an integer raw tensor, got "
                         f"{raw.dtype if isinstance(raw, torch.Tensor) else type(raw).__name__}")
-    if raw.numel() and (int(raw.min()) < fmt.raw_min or int(raw.max()) > fmt.raw_max):
+    if not in_range(raw, fmt):
         raise ValueError(f"{what}: raw values outside the range of {fmt.name} "
                          f"[{fmt.raw_min}, {fmt.raw_max}]")
 
