@@ -22,6 +22,23 @@ def _positive(text: str) -> int:
     return value
 
 
+def _items(text: str) -> tuple[str, ...]:
+    items = tuple(t.strip() for t in text.split(",") if t.strip())
+    if not items:
+        raise ValueError(f"expected a comma-separated list, got {text!r}")
+    return items
+
+
+def _number(text: str, option: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise ValueError(f"{option}: {text!r} is not a number") from None
+    if not v == v or v < 0:
+        raise ValueError(f"{option}: {text!r} must be a finite number >= 0")
+    return v
+
+
 def _data(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", help="directory with dataset files (else $EDGETRAIN_DATA, then the cache)")
     p.add_argument("--download", action="store_true", help="download missing MNIST-family files (checksummed)")
@@ -68,6 +85,24 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--dataset", help="dataset (default: the one the model was trained on)")
     e.add_argument("--shift", default="none", help="input shift, e.g. noise:0.3")
 
+    s = sub.add_parser("es-demo", help="forward-only ES recovery from input noise (AbdulQader et al. 2021)")
+    _common(s, device=False)
+    _data(s)
+    s.add_argument("--dataset", default="digits")
+    s.add_argument("--arch", default="mlp,cnn", help="comma-separated architectures (mlp, cnn)")
+    s.add_argument("--format", dest="fmt", default="fixed16_6")
+    s.add_argument("--sigmas", default="0.3,0.5", help="comma-separated input noise levels")
+    s.add_argument("--params", default="last", help="what ES trains: last, last:K, bias, bias:last:K, all, names")
+    s.add_argument("--variants", default="all", help="comma-separated ES variants (default: all)")
+    s.add_argument("--budget", type=_positive, default=400_000, help="forward passes per ES variant")
+    s.add_argument("--buffer", type=_positive, default=256, help="samples in the device's buffer")
+    s.add_argument("--batch", type=_positive, default=64, help="mini-batch per generation (from the buffer)")
+    s.add_argument("--epochs", type=_positive, default=30, help="float pre-training epochs")
+    s.add_argument("--finetune-epochs", type=_positive, default=20, help="epochs of the backprop reference")
+    s.add_argument("--device", default="ku115", help="FPGA profile for the training unit's size")
+    s.add_argument("--out", default="runs/es-demo", help="directory for es_demo.json, CSV and PNG")
+    s.add_argument("--no-progress", action="store_true")
+
     v = sub.add_parser("devices", help="list device profiles with their numbers")
     _common(v, device=False)
     return ap
@@ -103,6 +138,19 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         evaluate(args.model, args.dataset, args.shift, args.seed, args.device, args.data_dir,
                  args.download, args.json_path)
+    elif args.command == "es-demo":
+        from .experiments.es_demo import VARIANTS, ESDemoConfig, run_es_demo
+        from .report import write_json
+
+        variants = tuple(VARIANTS) if args.variants == "all" else _items(args.variants)
+        recs = run_es_demo(ESDemoConfig(
+            dataset=args.dataset, archs=_items(args.arch), fmt=args.fmt,
+            sigmas=tuple(_number(v, "--sigmas") for v in _items(args.sigmas)), params=args.params,
+            variants=variants, budget=args.budget, buffer=args.buffer, batch=args.batch,
+            finetune_epochs=args.finetune_epochs, epochs=args.epochs, device=args.device, seed=args.seed,
+            data_dir=args.data_dir, download=args.download, out=args.out, progress=not args.no_progress))
+        if args.json_path:
+            write_json(args.json_path, recs)
     elif args.command == "devices":
         from .device import device_table
         from .report import print_table, write_json

@@ -135,8 +135,9 @@ def _linear_acc(layer: Dense | Conv2d | Conv1d, a: torch.Tensor) -> torch.Tensor
     return F.conv1d(a, w, b, stride=layer.stride, padding=layer.padding)
 
 
-def _int_conv(layer: Conv2d | Conv1d, a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """int64 convolution via unfold + matmul, for formats too wide for exact float64."""
+def _int_conv(layer: Conv2d | Conv1d, a: torch.Tensor, w: torch.Tensor, groups: int = 1) -> torch.Tensor:
+    """int64 convolution via unfold + matmul, for formats too wide for exact float64. ``groups``
+    splits the channels as ``F.conv2d`` does (the population forward runs one group per member)."""
     if isinstance(layer, Conv1d):
         a2, w2 = a.unsqueeze(2), w.unsqueeze(2)
         stride, padding = (1, layer.stride), (0, layer.padding)
@@ -146,7 +147,11 @@ def _int_conv(layer: Conv2d | Conv1d, a: torch.Tensor, w: torch.Tensor) -> torch
     h = (a2.shape[2] + 2 * padding[0] - kh) // stride[0] + 1
     wd = (a2.shape[3] + 2 * padding[1] - kw) // stride[1] + 1
     cols = F.unfold(a2.double(), (kh, kw), padding=padding, stride=stride).to(torch.int64)
-    out = (w2.reshape(w2.shape[0], -1) @ cols).reshape(n, w2.shape[0], h, wd)
+    if groups == 1:
+        out = w2.reshape(w2.shape[0], -1) @ cols
+    else:  # [groups, out/groups, k] @ [n, groups, k, positions]: the k columns of group g are contiguous
+        out = w2.reshape(groups, w2.shape[0] // groups, -1) @ cols.unflatten(1, (groups, -1))
+    out = out.reshape(n, w2.shape[0], h, wd)
     return out.squeeze(2) if isinstance(layer, Conv1d) else out
 
 

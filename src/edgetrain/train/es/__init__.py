@@ -1,0 +1,1 @@
+"""Forward-only evolution-strategies training (AbdulQader et al., arXiv 2103.14007)."""
