@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 from . import __version__
@@ -34,7 +35,7 @@ def _number(text: str, option: str) -> float:
         v = float(text)
     except ValueError:
         raise ValueError(f"{option}: {text!r} is not a number") from None
-    if not v == v or v < 0:
+    if not math.isfinite(v) or v < 0:
         raise ValueError(f"{option}: {text!r} must be a finite number >= 0")
     return v
 
@@ -94,11 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--sigmas", default="0.3,0.5", help="comma-separated input noise levels")
     s.add_argument("--params", default="last", help="what ES trains: last, last:K, bias, bias:last:K, all, names")
     s.add_argument("--variants", default="all", help="comma-separated ES variants (default: all)")
-    s.add_argument("--budget", type=_positive, default=400_000, help="forward passes per ES variant")
+    s.add_argument("--budget", type=_positive, default=1_000_000, help="forward passes per ES variant")
     s.add_argument("--buffer", type=_positive, default=256, help="samples in the device's buffer")
-    s.add_argument("--batch", type=_positive, default=64, help="mini-batch per generation (from the buffer)")
+    s.add_argument("--batch", type=_positive, default=32, help="mini-batch per generation (from the buffer)")
     s.add_argument("--epochs", type=_positive, default=30, help="float pre-training epochs")
-    s.add_argument("--finetune-epochs", type=_positive, default=20, help="epochs of the backprop reference")
+    s.add_argument("--finetune-epochs", type=_positive, default=7,
+                   help="epochs of the backprop reference (over three noisy copies of the training split)")
     s.add_argument("--device", default="ku115", help="FPGA profile for the training unit's size")
     s.add_argument("--out", default="runs/es-demo", help="directory for es_demo.json, CSV and PNG")
     s.add_argument("--no-progress", action="store_true")

@@ -30,6 +30,7 @@ from ..cost.writes import writes_ledger
 from ..data import Dataset, load_dataset
 from ..device import get_device
 from ..model import DeployedModel
+from ..model.arch import ARCHS
 from ..model.forward import accuracy, forward_int, quantize_input
 from ..model.scheme import parse_scheme
 from ..report import make_record, print_table, progress, write_csv, write_json
@@ -42,7 +43,7 @@ from ..train.protocol import Batch
 from .deploy import pretrain_and_deploy
 
 VARIANTS: dict[str, dict] = {
-    "es-one-plus-one": {"estimator": "one-plus-one", "sigma": 4.0},
+    "es-one-plus-one": {"estimator": "one-plus-one", "sigma": 4.0, "sigma_max": 16.0, "batch": 128},
     "es-antithetic": {"estimator": "antithetic", "population": 20, "sigma": 8.0, "lr": 8.0},
     "es-antithetic-floor": {"estimator": "antithetic", "population": 20, "sigma": 8.0, "lr": 8.0,
                             "rounding": "floor"},
@@ -50,7 +51,7 @@ VARIANTS: dict[str, dict] = {
                              "shadow": True},
     "es-antithetic-lowrank": {"estimator": "antithetic", "population": 20, "sigma": 8.0, "lr": 8.0,
                               "rank": 1},
-    "es-spsa": {"estimator": "spsa", "sigma": 8.0, "lr": 2000.0},
+    "es-spsa": {"estimator": "spsa", "directions": 4, "sigma": 16.0, "lr": 1000.0},
 }
 """Variant label -> ``ESTrainer`` settings (on top of the config's ``params``, buffer, batch)."""
 
@@ -65,13 +66,14 @@ class ESDemoConfig:
     sigmas: tuple[float, ...] = (0.3, 0.5)
     params: str = "last"
     variants: tuple[str, ...] = tuple(VARIANTS)
-    budget: int = 400_000
+    budget: int = 1_000_000
     """Forward passes each ES variant may spend."""
     buffer: int = 256
-    batch: int = 64
+    batch: int = 32
     arrive: int = 8
     """New labelled samples entering the buffer per generation."""
-    finetune_epochs: int = 20
+    finetune_epochs: int = 7
+    """Epochs of the backprop reference over three noisy copies of the training split."""
     epochs: int = 30
     evals: int = 16
     device: str = "ku115"
@@ -128,9 +130,10 @@ def run_es(trainer: ESTrainer, model: DeployedModel, stream: Iterator[Batch], bu
 
 
 def run_backprop(params: str, model: DeployedModel, x: torch.Tensor, y: torch.Tensor, x_test: torch.Tensor,
-                 y_test: torch.Tensor, epochs: int, seed: int) -> dict:
-    """Float backprop fine-tuning of the same parameters: the upper bound ES is compared with."""
-    trainer = BackpropFinetune(params=params)
+                 y_test: torch.Tensor, epochs: int, seed: int, lr: float = 3e-3) -> dict:
+    """Float backprop fine-tuning of the same parameters (Adam, batch 32): the upper bound ES is
+    compared with."""
+    trainer = BackpropFinetune(params=params, lr=lr)
     t0 = time.perf_counter()
     state, history = finetune(trainer, model, x, y, epochs=epochs, batch_size=32, seed=seed,
                               eval_x=x_test, eval_y=y_test)
@@ -158,6 +161,13 @@ def run_es_demo(cfg: ESDemoConfig) -> list[dict]:
         raise ValueError(f"es-demo costs the training unit on an FPGA profile (e.g. ku115); {cfg.device!r} is a "
                          f"{getattr(fpga, 'kind', '?')} profile")
     trainers = {label: _variant(label, cfg) for label in cfg.variants}  # refuse bad settings before training
+    for arch in cfg.archs:
+        if arch not in ARCHS:
+            raise ValueError(f"unknown architecture {arch!r}; expected one of {ARCHS}")
+    if not cfg.sigmas or any(not 0 < s < float("inf") for s in cfg.sigmas):
+        raise ValueError(f"noise sigmas must be finite numbers > 0, got {cfg.sigmas}")
+    if cfg.budget < 1 or cfg.arrive < 1 or cfg.evals < 1:
+        raise ValueError("budget, arrive and evals must be >= 1")
     shifts = [parse_shift(f"noise:{s}") for s in cfg.sigmas]
     ds = load_dataset(cfg.dataset, data_dir=cfg.data_dir, download=cfg.download, seed=cfg.seed)
     records, rows = [], []
@@ -175,7 +185,7 @@ def run_es_demo(cfg: ESDemoConfig) -> list[dict]:
             x_ft = torch.cat([shift.apply(ds.train.x, g_train) for _ in range(3)])
             y_ft = ds.train.y.repeat(3)
             bp = run_backprop(cfg.params, model, x_ft, y_ft, x_test, y_test,
-                              max(1, cfg.finetune_epochs // 3), cfg.seed)
+                              cfg.finetune_epochs, cfg.seed)
             common = {"dataset": ds.name, "model": arch, "fmt": fmt, "shift": shift.name, "device": fpga.name,
                       "seed": cfg.seed}
             bp_ledger = Ledger(forward_passes=bp["samples"], extra_memory_bytes=None, wall_s=bp["wall"])

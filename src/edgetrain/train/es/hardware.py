@@ -13,9 +13,11 @@ input lane):
   (an adder plus a saturation multiplexer: about ``2 W`` LUTs for a ``W``-bit weight).
 * **Random bits**: leap-forward 32-bit Galois LFSRs emit 32 bits per clock each; the XOR network
   of one is counted exactly from the 32-step transition matrix (a LUT6 XORs 6 inputs, so an
-  output bit that depends on ``w`` state bits needs ``ceil((w - 1) / 5)`` LUTs).
-  ``ceil(lanes * bits per value / 32)`` LFSRs per live stream; the update replays all ``P/2``
-  antithetic streams (or the ``directions`` SPSA streams) in lockstep.
+  output bit that depends on ``w`` state bits needs ``ceil((w - 1) / 5)`` LUTs). Members are
+  evaluated one after another, so evaluation needs ``ceil(lanes * bits per value / 32)`` LFSRs
+  (one, filling a factor buffer, with low-rank perturbations); the update replays all ``P/2``
+  antithetic streams (or the ``directions`` SPSA streams) in lockstep, one LFSR word per value
+  each. The same registers serve both phases, so the count is the larger of the two.
 * **Fitness**: ``accuracy`` = an argmax comparator tree over the logits and a counter;
   ``ce`` = log-sum-exp with exp/log tables in block RAM and a 32-bit accumulator.
 * **Estimator**: fitness registers (32 bits per member); centred ranks by serial comparison
@@ -74,16 +76,23 @@ def es_hardware(trainer: ESTrainer, model: DeployedModel, fpga: FPGA, reuse_fact
     width = max(f.bits for _, f in params)
     lanes = math.ceil(n_trained / reuse_factor)
     bits_per_value = random_bits_per_value(trainer.distribution)
-    if trainer.rank:
-        bits_per_value = max(1, bits_per_value)  # factors are drawn per row/column, fewer than one per weight
     streams = {"antithetic": trainer.population // 2, "spsa": trainer.directions, "one-plus-one": 1}[trainer.estimator]
-    lfsr_per_stream = math.ceil(lanes * bits_per_value / LFSR_BITS)
+    words_per_value = math.ceil(bits_per_value / LFSR_BITS)
+    if trainer.rank:  # a member's factors are drawn once into the factor buffer, by one LFSR
+        eval_lfsrs = 1
+        basis_eval = "low-rank: one LFSR fills each member's factor buffer"
+    else:  # members are evaluated one after another: one stream, lanes x bits per clock
+        eval_lfsrs = math.ceil(lanes * bits_per_value / LFSR_BITS)
+        basis_eval = f"evaluation: {lanes} lanes x {bits_per_value} bit(s) per clock"
+    update_lfsrs = streams * words_per_value  # update: one weight per clock, every stream replayed in lockstep
+    lfsrs = max(eval_lfsrs, update_lfsrs)  # the same registers serve both phases
     rows = [
-        _row("perturbation adders", lanes * 2 * width, 0, 0, 0,
-             f"{lanes} lanes x (add + saturate) of {width}-bit weights, ~2 LUT per bit"),
-        _row("LFSRs (perturbation)", lfsr_per_stream * streams * leap_xor_luts(),
-             lfsr_per_stream * streams * LFSR_BITS, 0, 0,
-             f"{lfsr_per_stream} leap-forward 32-bit LFSR(s) per stream x {streams} stream(s); "
+        _row("perturbation adders", lanes * 2 * width + (lanes * trainer.rank * width if trainer.rank else 0), 0, 0, 0,
+             f"{lanes} lanes x (add + saturate) of {width}-bit weights, ~2 LUT per bit"
+             + (f", plus a {trainer.rank}-term factor sum per lane" if trainer.rank else "")),
+        _row("LFSRs (perturbation)", lfsrs * leap_xor_luts(), lfsrs * LFSR_BITS, 0, 0,
+             f"{lfsrs} leap-forward 32-bit LFSR(s): max of {basis_eval} ({eval_lfsrs}) and the update's "
+             f"{streams} stream(s) x {words_per_value} word(s) per value ({update_lfsrs}); "
              f"{leap_xor_luts()} LUT6 per XOR network (counted from the transition matrix)"),
     ]
     n_out = model.output_shape[0]

@@ -9,7 +9,8 @@ with the estimators that have made zeroth-order training stronger since:
 * ``one-plus-one``: (1+1)-ES with Rechenberg's 1/5 success rule (Rechenberg 1973; the variant of
   Kern et al. 2004, "Learning probability distributions in continuous evolutionary algorithms"):
   a parent and one offspring ``theta + round(sigma z)``, evaluated on the same mini-batch; the
-  offspring replaces the parent when it is at least as fit. ``sigma`` grows by ``sigma_up`` on a
+  offspring replaces the parent only when strictly fitter (accepting ties lets a parent whose
+  logits saturate drift at random). ``sigma`` grows by ``sigma_up`` on a
   strict improvement and shrinks by ``sigma_up ** -1/4`` otherwise, so it is stationary at a 1/5
   success rate. The minimal hardware variant: one perturbation seed, two fitness registers.
 * ``antithetic``: mirrored sampling with centred-rank fitness shaping (OpenAI-ES, Salimans et al.
@@ -67,7 +68,9 @@ LFSR_BYTES = 4
 FITNESS_BYTES = 4
 """A fitness value: a 32-bit accumulator (integer count or fixed-point cross-entropy)."""
 SHADOW_BYTES = 4
-"""A float32 shadow copy per trained parameter."""
+"""A float32 shadow copy per trained parameter (held in float32 here too)."""
+FACTOR_BYTES = 2
+"""One low-rank factor value (16 bits)."""
 COUNTER_BYTES = 12
 """Base seed, step counter and ``sigma``: three 32-bit registers."""
 
@@ -176,7 +179,7 @@ class ESTrainer:
         names = self.writes(model)
         if not names:
             raise ValueError(f"parameter selection {self.params!r} picks no parameters of this model")
-        shadow = {n: model.param(n)[0].to(torch.float64) for n in names} if self.shadow else None
+        shadow = {n: model.param(n)[0].to(torch.float32) for n in names} if self.shadow else None
         buf_x = torch.zeros((self.buffer, *model.input_shape), dtype=torch.int64)
         buf_y = torch.zeros(self.buffer, dtype=torch.int64)
         return ESState(model=model, names=names, seed=seed, sigma=float(self.sigma), buf_x=buf_x, buf_y=buf_y,
@@ -245,7 +248,7 @@ class ESTrainer:
         members = {}
         for name in state.names:
             t, fmt = state.model.param(name)
-            delta = torch.round(sigma * z[name]).to(torch.int64)
+            delta = round_real(sigma * z[name], "nearest")
             rows = [t.unsqueeze(0) + s * delta if s else t.unsqueeze(0).expand_as(delta) for s in signs]
             stacked = torch.stack(rows, dim=1).reshape(-1, *t.shape)  # member = row * len(signs) + sign
             members[name] = stacked.clamp(fmt.raw_min, fmt.raw_max)
@@ -261,7 +264,7 @@ class ESTrainer:
         z = self._noise(state, [seed])
         members = self._perturbed(state, z, [0, 1], state.sigma)  # parent, offspring
         f = self._evaluate(state, members, xb, yb)
-        better, accept = bool(f[1] > f[0]), bool(f[1] >= f[0])
+        better = accept = bool(f[1] > f[0])
         sigma = state.sigma * (self.sigma_up if better else self.sigma_up ** -0.25)
         sigma = min(max(sigma, self.sigma_min), self.sigma_max)
         model, writes, written = state.model, state.writes, 0
@@ -290,7 +293,7 @@ class ESTrainer:
             shadow = {}
             for n in state.names:
                 fmt = state.model.param(n)[1]
-                shadow[n] = (state.shadow[n] + step[n]).clamp(fmt.raw_min, fmt.raw_max)
+                shadow[n] = (state.shadow[n] + step[n].to(torch.float32)).clamp(fmt.raw_min, fmt.raw_max)
                 new[n] = round_real(shadow[n], "nearest")
         else:
             ug = self._rounding_noise(state) if self.rounding == "stochastic" else None
@@ -329,7 +332,7 @@ class ESTrainer:
         multipliers, so no perturbation vector is stored: what remains is the sample buffer, one
         generator state per perturbation stream that is live at once (the ``P/2`` antithetic
         streams are replayed in lockstep to apply the update), one fitness register per member,
-        the base seed / step / sigma registers, low-rank factors of a stream's current row, and the
+        the base seed / step / sigma registers, each live stream's low-rank factors (16 bits each), and the
         float shadow copy when enabled.
         """
         names = self.writes(model)
@@ -347,7 +350,9 @@ class ESTrainer:
         }
         if self.rank:
             dense = [model.param(n)[0] for n in names if model.param(n)[0].ndim == 2]
-            items["lowrank_factors"] = pairs * max((self.rank * t.shape[1] for t in dense), default=0)
+            per_layer = [self.rank * sum(t.shape) for t in dense]  # a member's factors: rank x (out + in)
+            # evaluation holds one member's factors for every layer; the update, every stream's for one layer
+            items["lowrank_factors"] = FACTOR_BYTES * max(sum(per_layer), pairs * max(per_layer, default=0))
         if self.shadow:
             items["shadow"] = SHADOW_BYTES * sum(model.param(n)[0].numel() for n in names)
         items["total"] = sum(items.values())
