@@ -70,7 +70,7 @@ def test_same_seed_same_records(es_run, tmp_path):
     (["--sigmas", "abc"], "--sigmas"),
     (["--sigmas", "inf"], "--sigmas"),
     (["--params", "last:9"], "K must be in"),
-    (["--format", "fixed8"], "format"),
+    (["--format", "fixed8"], "fixed8"),
 ])
 def test_bad_arguments_are_refused(args, message, capsys, tmp_path):
     assert main(["es-demo", *TINY, *args, "--out", str(tmp_path)]) == 2
