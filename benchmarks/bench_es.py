@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 
 import torch
 
@@ -29,27 +27,12 @@ from edgetrain.data import load_dataset
 from edgetrain.experiments.deploy import pretrain_and_deploy
 from edgetrain.model.forward import forward_int, quantize_input
 from edgetrain.report import print_table, versions, write_json
+from edgetrain.report.timing import median_time
 from edgetrain.train.es.trainer import ESTrainer
 from edgetrain.train.protocol import Batch
 
 TARGET_RATIO = 1.5
 CASES = (("mlp", "last"), ("mlp", "all"), ("cnn", "last"), ("cnn", "all"))
-
-
-def median_time(fn, repeats: int, min_time: float = 0.1) -> float:
-    """Median seconds per call of ``fn()`` over ``repeats`` timings of at least ``min_time`` each."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        n, t0 = 0, time.perf_counter()
-        while True:
-            fn()
-            n += 1
-            dt = time.perf_counter() - t0
-            if dt >= min_time:
-                break
-        times.append(dt / n)
-    return statistics.median(times)
 
 
 def generation_ratio(model, q: torch.Tensor, y: torch.Tensor, params: str, population: int, repeats: int) -> dict:

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 
 import torch
 
@@ -21,24 +19,14 @@ from edgetrain.data import load_dataset
 from edgetrain.experiments.deploy import pretrain_and_deploy
 from edgetrain.model.forward import forward_int, quantize_input
 from edgetrain.report import print_table, versions, write_json
+from edgetrain.report.timing import median_time
 
 TARGET_RATIO = 0.5
 
 
 def samples_per_s(fn, batch: int, repeats: int, min_time: float = 0.2) -> float:
     """Median samples/s of ``fn()`` over ``repeats`` timings, each looping for at least ``min_time``."""
-    fn()  # warm-up
-    rates = []
-    for _ in range(repeats):
-        n, t0 = 0, time.perf_counter()
-        while True:
-            fn()
-            n += 1
-            dt = time.perf_counter() - t0
-            if dt >= min_time:
-                break
-        rates.append(n * batch / dt)
-    return statistics.median(rates)
+    return batch / median_time(fn, repeats, min_time)
 
 
 def bench(arch: str, fmt: str, batch: int, repeats: int, epochs: int) -> dict:

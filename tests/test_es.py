@@ -39,13 +39,7 @@ from edgetrain.train.select import select_params
 MEMBER_KEY = 3  # the trainer's documented key for member seeds: derive_seed(seed, step, 3, member)
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny tensors on a shared 2-core machine: one intra-op thread is fastest."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _deploy(arch: str) -> DeployedModel:

@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
+from test_cli import LEDGER_KEYS, RECORD_KEYS
 
 from edgetrain.cli import main
 from edgetrain.experiments.es_demo import check_targets
-
-from test_cli import LEDGER_KEYS, RECORD_KEYS
 
 TINY = ["--arch", "mlp", "--sigmas", "0.4", "--epochs", "3", "--finetune-epochs", "1", "--budget", "6000",
         "--no-progress"]

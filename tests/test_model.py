@@ -63,13 +63,7 @@ HEAD = 52  # magic (10) + version (2) + sha256 (32) + spec length (8)
 # helpers
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """These tensors are tiny: one intra-op thread is much faster than several fighting for 2 cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def assert_matches_reference(model: DeployedModel, q: torch.Tensor) -> ref.RefTrace:
