@@ -26,6 +26,7 @@ import torch
 
 from ..cost import Ledger, flash_bytes
 from ..cost.macs import training_ledger
+from ..cost.memory import param_bytes
 from ..cost.writes import writes_ledger
 from ..data import Dataset, load_dataset
 from ..device import get_device
@@ -213,7 +214,7 @@ def run_es_demo(cfg: ESDemoConfig) -> list[dict]:
                     ledger=ledger.to_dict(extra=False), recovered_fraction=recovered,
                     settings=asdict(trainer), trained=list(trainer.writes(model)), curve=res["curve"],
                     steps=res["steps"], extra_memory=mem,
-                    trained_weight_bytes=_trained_bytes(model, trainer.writes(model)),
+                    trained_weight_bytes=param_bytes(model, trainer.writes(model)),
                     hardware=es_hardware(trainer, model, fpga)))
                 rows.append(_row(label, arch, shift.name, shifted, res["final"], bp["final"],
                                  ledger.forward_passes, mem["total"], ledger.wall_s))
@@ -266,11 +267,6 @@ def check_targets(records: list[dict], min_drop: float = 0.15, min_recovered: fl
 def _recovered(shifted: float, final: float, reference: float) -> float | None:
     gap = reference - shifted
     return (final - shifted) / gap if gap > 0 else None
-
-
-def _trained_bytes(model: DeployedModel, names) -> int:
-    from ..cost.memory import bytes_per_value
-    return sum(model.param(n)[0].numel() * bytes_per_value(model.param(n)[1]) for n in names)
 
 
 def _row(method, arch, shift, shifted, final, reference, forward, memory, wall) -> dict:

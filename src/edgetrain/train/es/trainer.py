@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -92,7 +92,9 @@ class ESState:
     shadow: dict[str, torch.Tensor] | None = None
     writes: WriteCounter | None = None
     accepted: int = 0
-    history: dict = field(default_factory=dict)
+    macs_per_forward: int = 0
+    extra_bytes: int = 0
+    """Fixed for a run (formats and shapes never change): computed once in ``init``."""
 
 
 @dataclass(frozen=True)
@@ -183,7 +185,8 @@ class ESTrainer:
         buf_x = torch.zeros((self.buffer, *model.input_shape), dtype=torch.int64)
         buf_y = torch.zeros(self.buffer, dtype=torch.int64)
         return ESState(model=model, names=names, seed=seed, sigma=float(self.sigma), buf_x=buf_x, buf_y=buf_y,
-                       shadow=shadow, writes=init_writes({n: model.param(n)[0] for n in names}))
+                       shadow=shadow, writes=init_writes({n: model.param(n)[0] for n in names}),
+                       macs_per_forward=inference_macs(model), extra_bytes=self.extra_memory(model)["total"])
 
     def model(self, state: ESState) -> DeployedModel:
         return state.model
@@ -202,7 +205,7 @@ class ESTrainer:
         state = _push(state, batch)
         if state.seen < self.batch:  # the device waits for a full mini-batch before a generation
             ledger = Ledger(forward_passes=0, macs_forward=0, macs_backward=0, macs=0,
-                            extra_memory_bytes=self.extra_memory(model)["total"], weight_writes=0,
+                            extra_memory_bytes=state.extra_bytes, weight_writes=0,
                             max_writes_per_cell=0, wall_s=time.perf_counter() - t0)
             return replace(state, writes=advance(state.writes)), StepInfo(ledger, {"waiting": 1.0})
         xb, yb = self._minibatch(state)
@@ -213,9 +216,9 @@ class ESTrainer:
         state = replace(state, step=state.step + 1, writes=advance(state.writes))
         written = metrics.pop("_written")
         forward = self.members * xb.shape[0]
-        macs = forward * inference_macs(model)
+        macs = forward * state.macs_per_forward
         ledger = Ledger(forward_passes=forward, macs_forward=macs, macs_backward=0, macs=macs,
-                        extra_memory_bytes=self.extra_memory(model)["total"], weight_writes=written,
+                        extra_memory_bytes=state.extra_bytes, weight_writes=written,
                         max_writes_per_cell=1 if written else 0, wall_s=time.perf_counter() - t0)
         metrics["batch"] = float(xb.shape[0])
         return state, StepInfo(ledger, metrics)
