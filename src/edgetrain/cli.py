@@ -105,6 +105,24 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default="runs/es-demo", help="directory for es_demo.json, CSV and PNG")
     s.add_argument("--no-progress", action="store_true")
 
+    lr = sub.add_parser("lrt-demo", help="online low-rank training with rare NVM weight writes (Gural et al. 2020)")
+    _common(lr, device=False)
+    _data(lr)
+    lr.add_argument("--dataset", default="digits")
+    lr.add_argument("--arch", default="cnn", help="architecture (cnn or mlp)")
+    lr.add_argument("--format", dest="fmt", default="int8", help="deployed format (8-bit weights: int8)")
+    lr.add_argument("--samples", type=_positive, default=2000, help="samples in the online stream (N)")
+    lr.add_argument("--scenarios", default="all",
+                    help="comma-separated: control, distribution, analog-drift, digital-drift (default: all)")
+    lr.add_argument("--methods", default="all", help="comma-separated methods (default: all)")
+    lr.add_argument("--analog", default="analog:4@10", help="analog drift: sigma in LSBs @ every k samples")
+    lr.add_argument("--digital", default="digital:1e-3@10", help="digital drift: bit-flip probability @ every k")
+    lr.add_argument("--rank", type=_positive, default=4, help="rank r of the Kronecker-sum accumulators")
+    lr.add_argument("--nvm", default="rram", help="non-volatile memory profile for write energy and lifetime")
+    lr.add_argument("--epochs", type=_positive, default=15, help="float pre-training epochs")
+    lr.add_argument("--out", default="runs/lrt-demo", help="directory for lrt_demo.json, CSV and PNG")
+    lr.add_argument("--no-progress", action="store_true")
+
     v = sub.add_parser("devices", help="list device profiles with their numbers")
     _common(v, device=False)
     return ap
@@ -151,6 +169,19 @@ def _dispatch(args: argparse.Namespace) -> int:
             variants=variants, budget=args.budget, buffer=args.buffer, batch=args.batch,
             finetune_epochs=args.finetune_epochs, epochs=args.epochs, device=args.device, seed=args.seed,
             data_dir=args.data_dir, download=args.download, out=args.out, progress=not args.no_progress))
+        if args.json_path:
+            write_json(args.json_path, recs)
+    elif args.command == "lrt-demo":
+        from .experiments.lrt_demo import METHODS, SCENARIOS, LRTDemoConfig, run_lrt_demo
+        from .report import write_json
+
+        recs = run_lrt_demo(LRTDemoConfig(
+            dataset=args.dataset, arch=args.arch, fmt=args.fmt, samples=args.samples,
+            scenarios=SCENARIOS if args.scenarios == "all" else _items(args.scenarios),
+            methods=tuple(METHODS) if args.methods == "all" else _items(args.methods),
+            analog=args.analog, digital=args.digital, rank=args.rank, nvm=args.nvm, epochs=args.epochs,
+            seed=args.seed, data_dir=args.data_dir, download=args.download, out=args.out,
+            progress=not args.no_progress))
         if args.json_path:
             write_json(args.json_path, recs)
     elif args.command == "devices":

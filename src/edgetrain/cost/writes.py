@@ -72,6 +72,22 @@ def record_writes(counter: WriteCounter, name: str, old: torch.Tensor,
     return WriteCounter(counts, counter.steps)
 
 
+def add_writes(counter: WriteCounter, name: str, cells: torch.Tensor) -> WriteCounter:
+    """Add ``cells`` (a non-negative integer count per cell, the parameter's shape) to the counts
+    of ``name``: for updates applied as several writes within one step (SGD on a convolution writes
+    once per output-pixel term, Gural et al.)."""
+    if name not in counter.counts:
+        raise KeyError(f"write counter has no parameter {name!r}; it has {counter.names}")
+    prev = counter.counts[name]
+    cells = torch.as_tensor(cells)
+    if cells.shape != prev.shape or cells.is_floating_point() or bool((cells < 0).any()):
+        raise ValueError(f"parameter {name}: expected non-negative integer counts of shape {tuple(prev.shape)}, "
+                         f"got {cells.dtype} {tuple(cells.shape)}")
+    counts = dict(counter.counts)
+    counts[name] = prev + cells.to(torch.int64)
+    return WriteCounter(counts, counter.steps)
+
+
 def record_model_writes(counter: WriteCounter, old: DeployedModel,
                         new: DeployedModel) -> WriteCounter:
     """Record the writes between two versions of a model (every counted parameter)."""
