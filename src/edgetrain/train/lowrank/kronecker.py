@@ -188,6 +188,8 @@ def ksum_add(
     qr, _ = torch.linalg.qr(torch.cat([v0, a], 1))
     c = ((ql.T @ u0) * s0) @ (v0.T @ qr) + (ql.T @ dz) @ (a.T @ qr)
     p_mat, s, wh = torch.linalg.svd(c, full_matrices=False)
+    if s.numel():  # rounding noise of the SVD is not a direction to keep (or to mix into the estimate)
+        s = torch.where(s > s[0] * 1e-12, s, torch.zeros_like(s))
     if max_cond is not None:
         nz = s[s > s[0] * 1e-12] if float(s[0]) > 0 else s[:0]
         if nz.numel() and float(nz[0] / nz[-1]) > max_cond:
