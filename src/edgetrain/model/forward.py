@@ -18,6 +18,7 @@ from its formats (falling back to int64 otherwise). Public results are int64.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import weakref
@@ -101,13 +102,27 @@ _CONSTANTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 def _constants(layer: Dense | Conv2d | Conv1d) -> _Constants:
     """Per-layer constants derived from its formats and bias, computed once per layer object
-    (layers are immutable; a trainer's new layer gets its own entry, dropped with the layer)."""
+    (layers are immutable; a trainer's new layer gets its own entry, dropped with the layer). The
+    part that depends on the formats alone is shared by every layer with the same formats, so a
+    trainer that rewrites a bias every sample does not recompute the requantization multipliers."""
     c = _CONSTANTS.get(layer)
     if c is None:
-        m, s = requant_params(layer)
-        c = _Constants(m, s, torch.bitwise_left_shift(layer.bias, bias_shift(layer)), _exact_in_float64(layer))
+        m, s, shift, exact = _format_constants(layer.kind, layer.in_fmt, layer.w_fmt, layer.b_fmt, layer.out_fmt,
+                                               layer.weight[0].numel())
+        c = _Constants(m, s, torch.bitwise_left_shift(layer.bias, shift), exact)
         _CONSTANTS[layer] = c
     return c
+
+
+@functools.lru_cache(maxsize=512)
+def _format_constants(kind: str, in_fmt: Format, w_fmt: Format, b_fmt: Format, out_fmt: Format,
+                      fan_in: int) -> tuple[torch.Tensor, torch.Tensor, int, bool]:
+    """``(m, shift, bias_shift, exact_f64)`` of a layer with these formats and fan-in (the tensors are
+    shared between layers: read them, never write them in place)."""
+    probe = Dense(torch.zeros(1, fan_in, dtype=torch.int64), torch.zeros(1, dtype=torch.int64), in_fmt, w_fmt,
+                  b_fmt, out_fmt)
+    m, s = requant_params(probe)
+    return m, s, bias_shift(probe), _exact_in_float64(probe)
 
 
 def _exact_in_float64(layer: Dense | Conv2d | Conv1d) -> bool:

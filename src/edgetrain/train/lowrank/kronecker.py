@@ -106,12 +106,11 @@ def _store(t: torch.Tensor, bits: int | None) -> torch.Tensor:
 
 
 def _keep_count(s: torch.Tensor, rank: int) -> int:
-    """How many of the (descending) values ``s`` the OK reduction keeps exactly."""
-    tail = torch.flip(torch.cumsum(torch.flip(s, [0]), 0), [0])  # tail[j] = sum(s[j:])
-    for j in range(rank):
-        if float(s[j]) * (rank - j) <= float(tail[j]) * (1 + 1e-12):
-            return j
-    return rank - 1  # unreachable for s >= 0: j = rank - 1 always passes
+    """How many of the (descending) values ``s`` the OK reduction keeps exactly: the first ``j < rank``
+    with ``s_j (rank - j) <= sum(s[j:])`` (``j = rank - 1`` always qualifies for ``s >= 0``)."""
+    tail = torch.flip(torch.cumsum(torch.flip(s, [0]), 0), [0])[:rank]  # tail[j] = sum(s[j:])
+    ok = s[:rank] * torch.arange(rank, 0, -1, dtype=s.dtype) <= tail * (1 + 1e-12)
+    return int(ok.to(torch.int8).argmax()) if bool(ok.any()) else rank - 1
 
 
 def _signs(n: int, generator: torch.Generator | None, dtype: torch.dtype) -> torch.Tensor:
