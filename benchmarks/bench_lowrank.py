@@ -109,9 +109,10 @@ def quality(model, q, y, rank: int, seeds: tuple[int, ...]) -> tuple[list[dict],
         rows.append({"gradients": f"digits cnn layer {idx}", "window": f"{b} samples (one write)",
                      "shape": f"{dz.shape[1]}x{a.shape[1]}", "terms": b * dz.shape[2], "best_rank_r": round(best, 4),
                      "biased": round(biased, 4), "ratio": round(biased / best, 4) if best > 0 else None})
-    # Unbiased convergence on the real dense-layer gradients.
-    for name in [k for k in cases if k.startswith("digits")][-1:]:
-        dz, a = cases[name]
+    # Unbiased convergence on real gradients: the dense layer (one term per add: random-sign mixing)
+    # and the first conv layer (64-term blocks: systematic sampling), 20 samples each.
+    for name in [k for k in cases if k.startswith("digits")][::2]:
+        dz, a = cases[name][0][:20], cases[name][1][:20]
         exact = torch.einsum("tnp,tmp->nm", dz, a)
         total, done = torch.zeros_like(exact), 0
         for k in seeds:
@@ -183,14 +184,16 @@ def main() -> None:
     blocks = block_speed(model, q, y, args.rank, args.repeats)
     print_table(blocks, title="conv accumulation: one block per sample vs one ksum_add per pixel term")
     judged = [r for r in rows if r["gradients"] != "random iid"]
-    worst = max(r["ratio"] for r in judged)
-    conv_errs = [c["rel_err_of_mean"] for c in conv]
+    worst = max(r["ratio"] for r in judged if r["ratio"] is not None)
+    groups = {c["gradients"]: [] for c in conv}
+    for c in conv:
+        groups[c["gradients"]].append(c["rel_err_of_mean"])
     targets = {
         "biased_within_5pct": {"worst_ratio": worst, "target": BIASED_RATIO, "met": worst <= BIASED_RATIO,
                                "note": "judged on decaying-spectrum random and real gradients; iid Gaussian "
                                        "(flat spectrum) is reported, not judged"},
-        "unbiased_converges": {"rel_err_of_mean": conv_errs,
-                               "met": all(b < a for a, b in zip(conv_errs, conv_errs[1:], strict=False))},
+        "unbiased_converges": {"rel_err_of_mean": groups, "target": "error at 400 seeds < error at 1 seed / 5",
+                               "met": all(e[-1] < e[0] / 5 for e in groups.values())},
         "online_rate": {"samples_per_s": round(rates["lrt-unbiased-maxnorm"], 1), "target": MIN_RATE,
                         "met": rates["lrt-unbiased-maxnorm"] >= MIN_RATE},
         "blocked_speedup": {"min_speedup": min(b["speedup"] for b in blocks), "target": MIN_BLOCK_SPEEDUP,

@@ -22,15 +22,17 @@ update, a convolution contributes one term per output pixel):
      ``j`` largest values exactly, where ``j`` is the smallest index with ``S_j (r - j) <= sum_{i>=j} S_i``;
      replace the tail (sum ``s1``, ``k' = r - j`` terms left) by ``(s1 / k') P`` with ``P`` a random
      rank-``k'`` orthogonal projector whose mean is ``diag(k' S_tail / s1)``. Then ``E[estimate]`` is
-     the exact sum and the added variance ``s1^2 / k' - |S_tail|^2`` is the least any unbiased rank-
-     ``k'`` replacement can have. When the tail is one value longer than ``k'`` (every one-term update)
-     ``P = I - v v^T`` with ``v_i = +-sqrt(1 - k' S_i / s1)``, independent random signs (the paper's
-     mixing of the small values). A longer tail (a block of several terms) uses a diagonal projector
-     on ``k'`` of the tail directions drawn by systematic sampling with inclusion probabilities
-     ``k' S_i / s1``: same mean, same variance, no loop.
+     the exact sum (in exact arithmetic; 16-bit factor storage rounds to nearest and a skipped step
+     drops its terms, both small biases) and the added variance ``s1^2 / k' - |S_tail|^2`` is the least
+     any unbiased rank-``k'`` replacement can have. When the tail is one value longer than ``k'``
+     (every one-term update) ``P = I - v v^T`` with ``v_i = +-sqrt(1 - k' S_i / s1)``, independent
+     random signs (the paper's mixing of the small values). A longer tail (a block of several
+     terms) uses a diagonal projector on ``k'`` of the tail directions drawn by systematic sampling
+     with inclusion probabilities ``k' S_i / s1``: same mean, same variance, no loop.
 
-Optionally a step whose ``C`` is ill-conditioned (largest over smallest nonzero singular value above
-``max_cond``, the paper uses 100) is skipped and the terms dropped, and the factors are stored in
+Optionally a one-term step whose ``C`` is ill-conditioned (largest over smallest nonzero singular value
+above ``max_cond``, the paper uses 100) is skipped and the term dropped (a block of several terms is
+never skipped: its own spectrum would trip the test), and the factors are stored in
 ``factor_bits``-bit integers with one scale per tensor (16 on the device), which is what the state then
 holds. The state is a plain value: ``ksum_add`` returns a new one.
 """
@@ -169,6 +171,8 @@ def ksum_add(
     signs; ``max_cond`` skips ill-conditioned steps; ``factor_bits`` stores the factors quantized."""
     if mode not in MODES:
         raise ValueError(f"Kronecker-sum mode must be one of {MODES}, got {mode!r}")
+    if factor_bits is not None and not (isinstance(factor_bits, int) and 2 <= factor_bits <= 32):
+        raise ValueError(f"factor_bits must be an integer in 2..32 or None, got {factor_bits!r}")
     n, m = state.shape
     dz = dz.to(state.sigma.dtype)
     a = a.to(state.sigma.dtype)
@@ -189,7 +193,7 @@ def ksum_add(
     p_mat, s, wh = torch.linalg.svd(c, full_matrices=False)
     if s.numel():  # rounding noise of the SVD is not a direction to keep (or to mix into the estimate)
         s = torch.where(s > s[0] * 1e-12, s, torch.zeros_like(s))
-    if max_cond is not None:
+    if max_cond is not None and k == 1:
         nz = s[s > s[0] * 1e-12] if float(s[0]) > 0 else s[:0]
         if nz.numel() and float(nz[0] / nz[-1]) > max_cond:
             return replace(state, terms=state.terms + k, skipped=state.skipped + 1)

@@ -18,8 +18,9 @@ often) they write the 8-bit weights (Gural et al., arXiv 2009.03887):
   change; otherwise keep accumulating (``B_eff`` grows).
 
 ``maxnorm`` (any weight-writing method) divides the gradient by ``max(max|g|, m_hat)`` where
-``m_hat`` is the bias-corrected moving average (``beta``) of ``max|g|`` over that layer's updates,
-so ``lr`` is the largest step, in real units. Biases update every sample by plain SGD, rounded to
+``m_hat`` is the bias-corrected moving average (``beta``) of ``max|g|`` over that layer's updates
+(for LRT: over its checks, written or not), so the largest step is ``lr`` in real units (LRT:
+``lr sqrt(B_eff)``). Biases update every sample by plain SGD, rounded to
 their own format. Weights hold no float master copy: a sub-LSB update is lost, as on the device.
 Batch norm is folded into the deployed convolutions (``model.convert``), so there is no separate
 streaming batch-norm state to train.
@@ -171,7 +172,10 @@ class NVMTrainer:
                 acc[i] = torch.zeros(n, m, dtype=torch.float32)
         names = [f"{i}.weight" for i in weights]
         trained = self.writes(model)
-        learn = training_ledger(model, trained, 1) if trained else inference_ledger(model, 1)
+        # LRT never forms the n x m weight-gradient products: its backward is the error propagation
+        # (as for the biases) plus the accumulator work, which the step adds.
+        costed = [n for n in trained if n.endswith(".bias")] if self.lrt else list(trained)
+        learn = training_ledger(model, costed, 1) if costed else inference_ledger(model, 1)
         return NVMState(
             model=model, seed=int(seed), step=0, acc=acc, b_eff=dict.fromkeys(weights, 0),
             norm=dict.fromkeys(weights, (0.0, 0)),
@@ -228,6 +232,8 @@ class NVMTrainer:
                 every = self.batch_dense if isinstance(layer, Dense) else self.batch_conv
                 if b_eff[i] % every:
                     continue
+                n_out, m_in = acc[i].shape
+                aux_macs += n_out * m_in * (self.rank + 1)  # form L diag(s) R^T, scale it, quantize
                 grad = ksum_matrix(acc[i]) / b_eff[i]
                 div, norm[i] = self._norm(grad, norm[i])
                 step = self.lr * math.sqrt(b_eff[i]) / div * grad
@@ -330,11 +336,15 @@ def _saturate(raw: torch.Tensor, fmt) -> torch.Tensor:
 
 
 def _ksum_macs(n: int, m: int, rank: int, k: int) -> int:
-    """Multiply-accumulates of one ``ksum_add`` of ``k`` terms, counted as: two Householder QRs of
-    ``(n or m) x q`` (``q = rank + k``, ~``d q^2`` each), projecting the terms and the old factors
-    (``(n + m) q (k + rank)``), the ``q x q`` SVD (~``4 q^3``) and rotating the bases (``(n + m) q rank``)."""
+    """Multiply-accumulates of one ``ksum_add`` of ``k`` terms (``q = rank + k`` columns, of which
+    ``qn = min(n, q)`` and ``qm = min(m, q)`` survive the QRs), counted as: two Householder QRs
+    (``n q qn + m q qm``), the core ``C`` from the old factors and the terms
+    (``(n + m) q (rank + k) + qn qm (rank + k)``), its SVD (~``4 qn qm min(qn, qm)``), and rotating the
+    bases and reducing to rank ``r`` (``(n qn + m qm)(qn + rank)``)."""
     q = rank + k
-    return (n + m) * q * q + (n + m) * q * (k + rank) + 4 * q**3 + (n + m) * q * rank
+    qn, qm = min(n, q), min(m, q)
+    return (n * q * qn + m * q * qm + (n + m) * q * (rank + k) + qn * qm * (rank + k)
+            + 4 * qn * qm * min(qn, qm) + (n * qn + m * qm) * (qn + rank))
 
 
 __all__ = ["METHODS", "NVMState", "NVMTrainer", "WEIGHT_METHODS"]
