@@ -54,8 +54,8 @@ METHODS: dict[str, dict] = {
     "bias-only": {"method": "bias-only", "lr": 0.01},
     "sgd": {"method": "sgd", "maxnorm": False, "lr": 0.01},
     "sgd-accumulate": {"method": "sgd-accumulate", "maxnorm": False, "lr": 0.01},
-    "lrt-biased-maxnorm": {"method": "lrt-biased", "maxnorm": True, "lr": 0.003, "lr_bias": 0.01},
-    "lrt-unbiased-maxnorm": {"method": "lrt-unbiased", "maxnorm": True, "lr": 0.003, "lr_bias": 0.01},
+    "lrt-biased-maxnorm": {"method": "lrt-biased", "maxnorm": True, "lr": 0.01, "lr_bias": 0.01},
+    "lrt-unbiased-maxnorm": {"method": "lrt-unbiased", "maxnorm": True, "lr": 0.01, "lr_bias": 0.01},
 }
 """Method label (the trainer's ``name``) -> ``NVMTrainer`` settings (on top of the config's rank). Every
 method's biases learn at 0.01; ``lr`` is the weight step."""
