@@ -34,7 +34,7 @@ from ..model import DeployedModel
 from ..model.arch import ARCHS
 from ..model.forward import accuracy, forward_int, quantize_input
 from ..model.scheme import parse_scheme
-from ..report import make_record, print_table, progress, write_csv, write_json
+from ..report import make_record, print_table, progress, write_experiment
 from ..shift import parse_shift
 from ..train.backprop import BackpropFinetune, finetune, float_net_accuracy
 from ..train.es.hardware import es_hardware
@@ -230,12 +230,8 @@ def run_es_demo(cfg: ESDemoConfig) -> list[dict]:
     print_table(targets["panels"], title="target: the best ES variant recovers >= 80% of backprop's points "
                 "(panels where the noise costs >= 15 points)")
     if cfg.out:
-        out = Path(cfg.out)
-        write_csv(out / "es_demo.csv", rows)
-        write_json(out / "es_demo.json", records)
-        write_json(out / "targets.json", targets)
+        out = write_experiment(cfg.out, "es_demo", rows, records, targets, asdict(cfg))
         plot_curves(records, out / "es_demo.png")
-        write_json(out / "config.json", asdict(cfg))
     return records
 
 

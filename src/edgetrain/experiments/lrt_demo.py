@@ -39,7 +39,7 @@ from ..data import Dataset, load_dataset
 from ..device import get_device
 from ..model import DeployedModel
 from ..model.forward import accuracy, quantize_input
-from ..report import make_record, print_table, progress, write_csv, write_json
+from ..report import make_record, print_table, progress, write_experiment
 from ..shift import class_clustered_order, parse_drift, parse_shift
 from ..shift.weights import WeightDrift
 from ..train.es.perturb import derive_seed
@@ -225,11 +225,7 @@ def run_lrt_demo(cfg: LRTDemoConfig) -> list[dict]:
     print_table(targets["scenarios"], title="target: on drift, LRT (max-norm) online accuracy >= SGD's with "
                 ">= 100x fewer max writes per cell")
     if cfg.out:
-        out = Path(cfg.out)
-        write_csv(out / "lrt_demo.csv", rows)
-        write_json(out / "lrt_demo.json", records)
-        write_json(out / "targets.json", targets)
-        write_json(out / "config.json", asdict(cfg))
+        out = write_experiment(cfg.out, "lrt_demo", rows, records, targets, asdict(cfg))
         plot_lrt(records, out / "lrt_demo.png")
     return records
 
