@@ -1,0 +1,2 @@
+"""Fully quantized training with dynamic partial updates (Deutel et al., arXiv 2407.10734):
+``kernels`` holds the uint8 backward kernels with int32 accumulation."""

@@ -1,0 +1,244 @@
+"""Integer backward kernels of fully quantized training (Deutel et al., arXiv 2407.10734, sec. III-IV).
+
+Weights, activations and errors (gradients with respect to activations) are uint8 with one scale
+and zero point per tensor (``quant.Affine``). Every product is of two centred 8-bit values and
+accumulates exactly in a signed 32-bit accumulator (a kernel raises if a sum would leave it, as the
+device would wrap there); an error that feeds the next layer down is requantized to uint8 with the
+same fixed-point multiplier and rounding as the forward (``quant.requantize``). Weight and bias
+gradients are returned as the int32 accumulator plus its real scale, for the optimizer to use as a
+per-element float temporary.
+
+Zero error is the error format's zero point: a pruned or masked element holds ``z_e``, so it
+contributes nothing to any sum. Internally, sums of centred integers run in float64 (exact: every
+partial sum is far below 2**53) so BLAS and the convolution kernels do the work.
+
+Dense (``y = W a``): ``e_a = W^T e_y``, ``dW = e_y a^T``, ``db = sum e_y``. Convolution:
+``e_a`` is the transposed convolution of ``e_y`` with ``W``; ``dW`` correlates the zero-padded input
+(padding is the real value 0) with ``e_y``. ReLU passes the error where its output was above its
+zero point. MaxPool routes each window's error to the first maximum in scan order (non-overlapping
+windows). GlobalAvgPool spreads ``e / positions``. ``rows`` selects the output channels (dense rows,
+conv filters) whose weight gradient is computed; the rest are not computed (and not counted).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ...quant import Affine, affine_from_range, dequantize, multipliers, quantize, requantize
+
+ACC_MIN, ACC_MAX = -(1 << 31), (1 << 31) - 1
+
+
+def error_format(lo: float = -1.0, hi: float = 1.0) -> Affine:
+    """uint8 error format covering ``[lo, hi]`` (the fixed-range mode uses ``[-1, 1]``)."""
+    return affine_from_range(lo, hi, bits=8, signed=False)
+
+
+def _per_tensor(fmt, what: str) -> None:
+    if not isinstance(fmt, Affine) or fmt.per_channel:
+        raise ValueError(f"{what} must be a per-tensor affine format (uint8 FQT), got {getattr(fmt, 'name', fmt)}")
+
+
+def _centred(q: torch.Tensor, fmt: Affine) -> torch.Tensor:
+    if q.is_floating_point():
+        raise TypeError(f"expected raw integer values, got {q.dtype}")
+    return (q.to(torch.int64) - fmt.zero_point[0]).to(torch.float64)
+
+
+def _acc32(acc: torch.Tensor, what: str) -> torch.Tensor:
+    """float64 exact sums -> int64, refusing a value a 32-bit accumulator cannot hold."""
+    out = acc.round().to(torch.int64)
+    if out.numel() and (int(out.min()) < ACC_MIN or int(out.max()) > ACC_MAX):
+        raise OverflowError(f"{what}: a sum left the signed 32-bit accumulator range")
+    return out
+
+
+def _requant(acc: torch.Tensor, scale: float, out_fmt: Affine) -> torch.Tensor:
+    _per_tensor(out_fmt, "the output error format")
+    m, s = multipliers(torch.tensor(scale, dtype=torch.float64), out_fmt)
+    return requantize(acc, m, s, out_fmt)
+
+
+def quantize_error(e: torch.Tensor, e_fmt: Affine) -> torch.Tensor:
+    """Real errors -> raw uint8 (rounded to nearest, saturated at the format's range)."""
+    _per_tensor(e_fmt, "the error format")
+    if not torch.isfinite(torch.as_tensor(e)).all():
+        raise ValueError("quantize_error: the errors hold non-finite values")
+    return quantize(e, e_fmt)
+
+
+def softmax_ce_error(logits: torch.Tensor, logit_fmt: Affine, y: torch.Tensor, e_fmt: Affine) -> torch.Tensor:
+    """The loss head: ``softmax(logits) - onehot(y)`` from raw uint8 logits (float per-element
+    temporaries), quantized to ``e_fmt``. Returns raw ``[B, classes]``."""
+    real = dequantize(logits, logit_fmt)
+    y = torch.as_tensor(y, dtype=torch.int64).reshape(-1)
+    if y.shape[0] != real.shape[0] or (y.numel() and (int(y.min()) < 0 or int(y.max()) >= real.shape[1])):
+        raise ValueError(f"labels must be {real.shape[0]} values in 0..{real.shape[1] - 1}")
+    g = torch.softmax(real, dim=1)
+    g[torch.arange(y.shape[0]), y] -= 1.0
+    return quantize_error(g, e_fmt)
+
+
+# -- dense ----------------------------------------------------------------------------------------------
+
+
+def dense_input_grad(e: torch.Tensor, e_fmt: Affine, w: torch.Tensor, w_fmt: Affine, out_fmt: Affine) -> torch.Tensor:
+    """``e_a = W^T e_y``: raw ``[B, out]`` errors and ``[out, in]`` weights -> raw ``[B, in]``."""
+    _per_tensor(w_fmt, "the weight format")
+    acc = _acc32(_centred(e, e_fmt) @ _centred(w, w_fmt), "dense input gradient")
+    return _requant(acc, e_fmt.scale[0] * w_fmt.scale[0], out_fmt)
+
+
+def dense_weight_grad(e: torch.Tensor, e_fmt: Affine, a: torch.Tensor, a_fmt: Affine,
+                      rows: torch.Tensor | None = None) -> tuple[torch.Tensor, float]:
+    """``dW = sum_b e_y a^T`` as an int32 accumulator ``[out, in]`` (zero outside ``rows``) and its
+    real scale ``s_e s_a``."""
+    ec, ac = _centred(e, e_fmt), _centred(a, a_fmt)
+    acc = torch.zeros(ec.shape[1], ac.shape[1], dtype=torch.float64)
+    if rows is None:
+        acc = ec.T @ ac
+    elif rows.numel():
+        acc[rows] = ec[:, rows].T @ ac
+    return _acc32(acc, "dense weight gradient"), e_fmt.scale[0] * a_fmt.scale[0]
+
+
+def bias_grad(e: torch.Tensor, e_fmt: Affine, rows: torch.Tensor | None = None) -> tuple[torch.Tensor, float]:
+    """``db = sum e_y`` over the batch (and positions) per output channel: int32 ``[out]`` and ``s_e``."""
+    ec = _centred(e, e_fmt)
+    acc = ec.transpose(0, 1).reshape(ec.shape[1], -1).sum(1)
+    if rows is not None:
+        keep = torch.zeros_like(acc, dtype=torch.bool)
+        keep[rows] = True
+        acc = torch.where(keep, acc, torch.zeros_like(acc))
+    return _acc32(acc, "bias gradient"), e_fmt.scale[0]
+
+
+# -- convolution ----------------------------------------------------------------------------------------
+
+
+def _as2d(t: torch.Tensor, conv1d: bool) -> torch.Tensor:
+    return t.unsqueeze(2) if conv1d else t
+
+
+def _geometry(stride, padding, conv1d: bool) -> tuple[tuple[int, int], tuple[int, int]]:
+    if conv1d:
+        return (1, int(stride)), (0, int(padding))
+    return tuple(stride), tuple(padding)
+
+
+def conv_input_grad(e: torch.Tensor, e_fmt: Affine, w: torch.Tensor, w_fmt: Affine, out_fmt: Affine,
+                    in_shape: tuple[int, ...], stride, padding) -> torch.Tensor:
+    """Transposed convolution of the raw output errors ``[B, C_out, ...]`` with the raw weights:
+    raw input errors of shape ``(B, *in_shape)``. 2-D (``[C, H, W]``) or 1-D (``[C, L]``)."""
+    _per_tensor(w_fmt, "the weight format")
+    conv1d = w.ndim == 3
+    st, pad = _geometry(stride, padding, conv1d)
+    full = (e.shape[0], *in_shape)
+    shape2d = full if not conv1d else (full[0], full[1], 1, full[2])
+    acc = torch.nn.grad.conv2d_input(shape2d, _as2d(_centred(w, w_fmt), conv1d), _as2d(_centred(e, e_fmt), conv1d),
+                                     stride=st, padding=pad)
+    acc = _acc32(acc.reshape(full), "convolution input gradient")
+    return _requant(acc, e_fmt.scale[0] * w_fmt.scale[0], out_fmt)
+
+
+def conv_weight_grad(e: torch.Tensor, e_fmt: Affine, a: torch.Tensor, a_fmt: Affine, kernel: tuple[int, ...],
+                     stride, padding, rows: torch.Tensor | None = None) -> tuple[torch.Tensor, float]:
+    """``dW`` of a convolution as an int32 accumulator ``[C_out, C_in, *kernel]`` (zero outside
+    ``rows``) and its real scale: the correlation of the zero-padded centred input with the errors."""
+    conv1d = len(kernel) == 1
+    st, pad = _geometry(stride, padding, conv1d)
+    k2 = (1, kernel[0]) if conv1d else tuple(kernel)
+    ec = _as2d(_centred(e, e_fmt), conv1d)
+    cols = F.unfold(_as2d(_centred(a, a_fmt), conv1d), k2, padding=pad, stride=st)  # [B, C_in*k, P]
+    ec = ec.flatten(2)  # [B, C_out, P]
+    c_out = ec.shape[1]
+    acc = torch.zeros(c_out, cols.shape[1], dtype=torch.float64)
+    if rows is None:
+        acc = torch.einsum("bop,bkp->ok", ec, cols)
+    elif rows.numel():
+        acc[rows] = torch.einsum("bop,bkp->ok", ec[:, rows], cols)
+    shape = (c_out, a.shape[1], *kernel)
+    return _acc32(acc.reshape(shape), "convolution weight gradient"), e_fmt.scale[0] * a_fmt.scale[0]
+
+
+# -- element-wise and pooling -----------------------------------------------------------------------------
+
+
+def relu_grad(e: torch.Tensor, e_fmt: Affine, out_q: torch.Tensor, act_fmt) -> torch.Tensor:
+    """Pass the error where the ReLU's raw output is above its zero point, else zero error (``z_e``)."""
+    z_act = act_fmt.zero_point[0] if isinstance(act_fmt, Affine) else 0
+    return torch.where(out_q > z_act, e, torch.full_like(e, e_fmt.zero_point[0]))
+
+
+def maxpool_grad(e: torch.Tensor, e_fmt: Affine, a_q: torch.Tensor, kernel: tuple[int, ...],
+                 stride: tuple[int, ...]) -> torch.Tensor:
+    """Route each window's error to its first maximum (scan order) of the raw input ``a_q``; every
+    other input position gets zero error. Windows must not overlap (``stride >= kernel``)."""
+    if any(s < k for s, k in zip(stride, kernel, strict=True)):
+        raise ValueError(f"maxpool_grad needs non-overlapping windows, got kernel {kernel} stride {stride}")
+    conv1d = len(kernel) == 1
+    k2 = (1, kernel[0]) if conv1d else tuple(kernel)
+    s2 = (1, stride[0]) if conv1d else tuple(stride)
+    a2 = _as2d(a_q.to(torch.float64), conv1d)
+    cols = F.unfold(a2, k2, stride=s2)  # [B, C*k, P]
+    b, c = a2.shape[0], a2.shape[1]
+    k = k2[0] * k2[1]
+    cols = cols.reshape(b, c, k, -1)
+    first = cols.argmax(dim=2, keepdim=True)  # first maximum in scan order
+    e_flat = _as2d(e, conv1d).reshape(b, c, 1, -1).to(torch.float64)
+    z = float(e_fmt.zero_point[0])
+    routed = torch.full_like(cols, z).scatter(2, first, e_flat)
+    out = F.fold(routed.reshape(b, c * k, -1) - z, a2.shape[2:], k2, stride=s2) + z
+    out = out.reshape(a_q.shape)
+    return out.round().to(torch.int64)
+
+
+def global_avg_pool_grad(e: torch.Tensor, e_fmt: Affine, in_shape: tuple[int, ...], out_fmt: Affine) -> torch.Tensor:
+    """``e_a[c, p] = e[c] / positions`` for every position: raw ``[B, C]`` -> raw ``(B, *in_shape)``."""
+    positions = 1
+    for d in in_shape[1:]:
+        positions *= d
+    acc = _centred(e, e_fmt).to(torch.int64)
+    q = _requant(acc, e_fmt.scale[0] / positions, out_fmt)
+    return q.reshape(*q.shape, *([1] * (len(in_shape) - 1))).expand(e.shape[0], *in_shape).clone()
+
+
+# -- dynamic partial updates ------------------------------------------------------------------------------
+
+
+def channel_error(e: torch.Tensor, e_fmt: Affine) -> torch.Tensor:
+    """Mean |centred error| per output channel over batch and positions (float, ``[C]``)."""
+    ec = _centred(e, e_fmt).abs()
+    return ec.transpose(0, 1).reshape(ec.shape[1], -1).mean(1)
+
+
+def dynamic_k(e_mean: float, e_max: float, n: int, lam_min: float, lam_max: float) -> int:
+    """Structures to update: ``max(floor((lam_min + |e / e_max| (lam_max - lam_min)) n), 1)``
+    (Deutel et al., eq. for dynamic partial updates). ``e_max = 0`` (nothing seen yet) gives ``lam_max``."""
+    if not (0.0 <= lam_min <= lam_max <= 1.0):
+        raise ValueError(f"need 0 <= lam_min <= lam_max <= 1, got {lam_min}, {lam_max}")
+    ratio = 1.0 if e_max <= 0 else min(abs(e_mean / e_max), 1.0)
+    return max(int((lam_min + ratio * (lam_max - lam_min)) * n), 1)
+
+
+def top_k_rows(e: torch.Tensor, e_fmt: Affine, k: int) -> torch.Tensor:
+    """Indices (ascending) of the ``k`` output channels with the largest mean |error|; ties keep the
+    lower index."""
+    score = channel_error(e, e_fmt)
+    k = max(1, min(int(k), score.numel()))
+    order = torch.argsort(-score, stable=True)[:k]
+    return torch.sort(order).values
+
+
+def prune_error(e: torch.Tensor, e_fmt: Affine, rows: torch.Tensor) -> torch.Tensor:
+    """Zero error (``z_e``) for every output channel not in ``rows``: their backward work is skipped."""
+    keep = torch.zeros(e.shape[1], dtype=torch.bool)
+    keep[rows] = True
+    view = [1, -1] + [1] * (e.ndim - 2)
+    return torch.where(keep.reshape(view), e, torch.full_like(e, e_fmt.zero_point[0]))
+
+
+__all__ = ["ACC_MAX", "ACC_MIN", "bias_grad", "channel_error", "conv_input_grad", "conv_weight_grad",
+           "dense_input_grad", "dense_weight_grad", "dynamic_k", "error_format", "global_avg_pool_grad",
+           "maxpool_grad", "prune_error", "quantize_error", "relu_grad", "softmax_ce_error", "top_k_rows"]
