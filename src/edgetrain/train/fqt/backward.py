@@ -1,0 +1,166 @@
+"""The uint8 backward pass of a deployed network, with dynamic partial updates (Deutel et al.,
+arXiv 2407.10734, sec. IV).
+
+``backward_uint8`` walks the layers from the loss down to the lowest trained layer using only the
+integer kernels of ``kernels.py``: the loss head quantizes ``softmax - onehot`` to the error format,
+each layer's input error is requantized to uint8, and weight/bias gradients come back as int32
+accumulators with their real scale. With a ``policy`` it applies dynamic partial updates: for each
+trained layer, ``k = dynamic_k(e, e_max, N, lam_min, lam_max)`` output structures (dense rows, conv
+filters) with the largest mean |error| are kept, the others are pruned from the error tensor, and their
+weight-gradient and error-propagation work is skipped, and not counted in ``macs_backward``.
+
+Error formats: one per layer input (``e_fmts``, default the fixed range [-1, 1] of ``error_format``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from ...model import DeployedModel
+from ...model.forward import ForwardTrace, forward_int
+from ...model.layers import Conv1d, Conv2d, Dense, Flatten, GlobalAvgPool, MaxPool, ReLU
+from ...quant import Affine, scale_of
+from .kernels import (
+    bias_grad,
+    channel_error,
+    conv_input_grad,
+    conv_weight_grad,
+    dense_input_grad,
+    dense_weight_grad,
+    dynamic_k,
+    error_format,
+    global_avg_pool_grad,
+    maxpool_grad,
+    prune_error,
+    relu_grad,
+    softmax_ce_error,
+    top_k_rows,
+)
+
+
+@dataclass(frozen=True)
+class PartialPolicy:
+    """Dynamic partial updates: the kept fraction moves between ``lam_min`` and ``lam_max`` with the
+    layer's error relative to the largest seen. ``lam_min == lam_max`` is a fixed update rate."""
+
+    lam_min: float = 0.1
+    lam_max: float = 0.1
+
+    def __post_init__(self) -> None:
+        if not (0.0 <= self.lam_min <= self.lam_max <= 1.0):
+            raise ValueError(f"need 0 <= lam_min <= lam_max <= 1, got {self.lam_min}, {self.lam_max}")
+
+
+@dataclass(frozen=True, eq=False)
+class Grads:
+    """One backward pass: int32 gradient accumulators with their real scales, the structures updated
+    per layer, the MACs actually done, and the updated per-layer running maxima of the error."""
+
+    weight: dict[int, tuple[torch.Tensor, float]] = field(default_factory=dict)
+    bias: dict[int, tuple[torch.Tensor, float]] = field(default_factory=dict)
+    rows: dict[int, torch.Tensor] = field(default_factory=dict)
+    macs_backward: int = 0
+    e_max: dict[int, float] = field(default_factory=dict)
+    loss_error: torch.Tensor | None = None
+
+    def real_weight_grad(self, index: int) -> torch.Tensor:
+        """Per-element float temporary of layer ``index``'s weight gradient."""
+        acc, scale = self.weight[index]
+        return acc.to(torch.float64) * scale
+
+
+def _check_uint8(model: DeployedModel, trained: set[int]) -> None:
+    for i in trained:
+        layer = model.layers[i]
+        if not isinstance(layer, (Dense, Conv2d, Conv1d)):
+            raise ValueError(f"layer {i} ({layer.kind}) has no weights to train")
+    for i, layer in enumerate(model.layers):
+        for fmt in ([layer.w_fmt, layer.in_fmt, layer.out_fmt] if isinstance(layer, (Dense, Conv2d, Conv1d))
+                    else []):
+            if not isinstance(fmt, Affine) or fmt.per_channel:
+                raise ValueError(f"layer {i}: FQT needs per-tensor affine (uint8) formats; deploy with "
+                                 f"--format uint8 (got {fmt.name})")
+
+
+def backward_uint8(
+    model: DeployedModel,
+    q: torch.Tensor,
+    y: torch.Tensor,
+    trained: set[int],
+    trace: ForwardTrace | None = None,
+    e_fmts: dict[int, Affine] | None = None,
+    policy: PartialPolicy | None = None,
+    e_max: dict[int, float] | None = None,
+) -> Grads:
+    """Integer backward of ``model`` on raw input ``q`` and labels ``y``, computing the weight and
+    bias gradients of the ``trained`` layers (indices of dense/conv layers). See the module docstring."""
+    if not trained:
+        raise ValueError("backward_uint8 needs at least one trained layer")
+    _check_uint8(model, trained)
+    if trace is None:
+        trace = forward_int(model, q, overflow="wrap", trace=True)
+    e_fmts = dict(e_fmts or {})
+
+    def fmt_of(i: int) -> Affine:  # error format of layer i's input (i = len(layers): the loss head)
+        return e_fmts.get(i, error_format())
+
+    out_fmt = model.output_fmt
+    e = softmax_ce_error(trace.outputs[-1], out_fmt, y, fmt_of(len(model.layers)))
+    loss_error = e
+    ef = fmt_of(len(model.layers))
+    lowest = min(trained)
+    maxima = dict(e_max or {})
+    weight, bias, rows_used = {}, {}, {}
+    macs = 0
+    batch = q.shape[0]
+    for i in range(len(model.layers) - 1, lowest - 1, -1):
+        layer = model.layers[i]
+        raw_in = q if i == 0 else trace.outputs[i - 1]
+        in_ef = fmt_of(i)
+        if isinstance(layer, (Dense, Conv2d, Conv1d)):
+            n_out = layer.weight.shape[0]
+            rows = None
+            if i in trained and policy is not None:
+                score = channel_error(e, ef) * float(scale_of(ef))
+                level = float(score.mean())
+                maxima[i] = max(maxima.get(i, 0.0), level)
+                k = dynamic_k(level, maxima[i], n_out, policy.lam_min, policy.lam_max)
+                rows = top_k_rows(e, ef, k)
+                e = prune_error(e, ef, rows)
+            kept = n_out if rows is None else int(rows.numel())
+            fan_in = layer.weight[0].numel()
+            positions = math.prod(e.shape[2:]) if e.ndim > 2 else 1
+            if i in trained:
+                weight[i] = (dense_weight_grad(e, ef, raw_in, layer.in_fmt, rows) if isinstance(layer, Dense)
+                             else conv_weight_grad(e, ef, raw_in, layer.in_fmt, tuple(layer.weight.shape[2:]),
+                                                   layer.stride, layer.padding, rows))
+                bias[i] = bias_grad(e, ef, rows)
+                rows_used[i] = torch.arange(n_out) if rows is None else rows
+                macs += batch * kept * fan_in * positions
+            if i > lowest:
+                if isinstance(layer, Dense):
+                    e = dense_input_grad(e, ef, layer.weight, layer.w_fmt, in_ef)
+                else:
+                    e = conv_input_grad(e, ef, layer.weight, layer.w_fmt, in_ef, tuple(raw_in.shape[1:]),
+                                        layer.stride, layer.padding)
+                macs += batch * kept * fan_in * positions
+        elif isinstance(layer, ReLU):
+            e = relu_grad(e, ef, trace.outputs[i], layer.fmt)
+        elif isinstance(layer, MaxPool):
+            e = maxpool_grad(e, ef, raw_in, layer.kernel, layer.stride)
+        elif isinstance(layer, GlobalAvgPool):
+            e = global_avg_pool_grad(e, ef, tuple(raw_in.shape[1:]), in_ef)
+        elif isinstance(layer, Flatten):
+            e = e.reshape(raw_in.shape)
+        else:
+            raise TypeError(f"no uint8 backward for layer type {type(layer).__name__}")
+        if not isinstance(layer, (Dense, Conv2d, Conv1d, GlobalAvgPool)):
+            in_ef = ef  # element-wise layers keep the error format
+        ef = in_ef
+    return Grads(weight, bias, rows_used, macs, maxima, loss_error)
+
+
+__all__ = ["Grads", "PartialPolicy", "backward_uint8"]
