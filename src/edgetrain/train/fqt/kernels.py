@@ -22,6 +22,8 @@ conv filters) whose weight gradient is computed; the rest are not computed (and 
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -41,6 +43,7 @@ def _per_tensor(fmt, what: str) -> None:
 
 
 def _centred(q: torch.Tensor, fmt: Affine) -> torch.Tensor:
+    _per_tensor(fmt, "an error or activation format")
     if q.is_floating_point():
         raise TypeError(f"expected raw integer values, got {q.dtype}")
     return (q.to(torch.int64) - fmt.zero_point[0]).to(torch.float64)
@@ -167,6 +170,9 @@ def conv_weight_grad(e: torch.Tensor, e_fmt: Affine, a: torch.Tensor, a_fmt: Aff
 
 def relu_grad(e: torch.Tensor, e_fmt: Affine, out_q: torch.Tensor, act_fmt) -> torch.Tensor:
     """Pass the error where the ReLU's raw output is above its zero point, else zero error (``z_e``)."""
+    if isinstance(act_fmt, Affine):
+        _per_tensor(act_fmt, "the activation format")
+    _per_tensor(e_fmt, "the error format")
     z_act = act_fmt.zero_point[0] if isinstance(act_fmt, Affine) else 0
     return torch.where(out_q > z_act, e, torch.full_like(e, e_fmt.zero_point[0]))
 
@@ -219,7 +225,8 @@ def dynamic_k(e_mean: float, e_max: float, n: int, lam_min: float, lam_max: floa
     if not (0.0 <= lam_min <= lam_max <= 1.0):
         raise ValueError(f"need 0 <= lam_min <= lam_max <= 1, got {lam_min}, {lam_max}")
     ratio = 1.0 if e_max <= 0 else min(abs(e_mean / e_max), 1.0)
-    return max(int((lam_min + ratio * (lam_max - lam_min)) * n), 1)
+    # a hair above floor's edge: 0.7 * 0.1 * 100 is 6.999... in doubles and must give 7
+    return max(math.floor((lam_min + ratio * (lam_max - lam_min)) * n + 1e-9), 1)
 
 
 def top_k_rows(e: torch.Tensor, e_fmt: Affine, k: int) -> torch.Tensor:
