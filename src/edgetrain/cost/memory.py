@@ -23,7 +23,7 @@ from ..model.deployed import DeployedModel
 from ..model.layers import Conv1d, Conv2d, Dense, Flatten, GlobalAvgPool, ReLU
 from ..quant import Affine, Format
 
-BUFFER_KINDS = ("activation", "weights", "scratch", "train")
+BUFFER_KINDS = ("activation", "weights", "scratch", "train", "error", "gradient", "optimizer")
 
 IN_PLACE = (ReLU, Flatten)
 """Layers run in place on their input buffer: ReLU overwrites values with the same format,

@@ -22,22 +22,24 @@ import torch
 from ...model import DeployedModel
 from ...model.forward import ForwardTrace, forward_int
 from ...model.layers import Conv1d, Conv2d, Dense, Flatten, GlobalAvgPool, MaxPool, ReLU
-from ...quant import Affine, scale_of
+from ...quant import Affine
 from .kernels import (
     bias_grad,
-    channel_error,
-    conv_input_grad,
+    conv_input_acc,
     conv_weight_grad,
-    dense_input_grad,
+    dense_input_acc,
     dense_weight_grad,
-    dynamic_k,
     error_format,
+    global_avg_pool_acc,
     global_avg_pool_grad,
     maxpool_grad,
-    prune_error,
+    partial_mask,
+    prune_error_per_sample,
+    quantize_error,
     relu_grad,
-    softmax_ce_error,
-    top_k_rows,
+    requant_error,
+    sample_channel_error,
+    softmax_minus_onehot,
 )
 
 
@@ -56,8 +58,15 @@ class PartialPolicy:
 
 @dataclass(frozen=True, eq=False)
 class Grads:
-    """One backward pass: int32 gradient accumulators with their real scales, the structures updated
-    per layer, the MACs actually done, and the updated per-layer running maxima of the error."""
+    """One backward pass over a batch: int32 gradient accumulators (summed over the samples) with
+    their real scales, the structures each sample updated, the MACs actually done, the updated
+    running maxima of the error, and the largest |error| seen before each error quantization.
+
+    ``rows[i]`` are the output structures of layer ``i`` that at least one sample updated (ascending);
+    ``kept[i]`` is ``[B]``: how many each sample kept. ``e_absmax[i]`` is the largest real |value| of
+    the error at layer ``i``'s input before it was quantized (``i = len(layers)``: the loss head), what
+    the moving-average range mode tracks.
+    """
 
     weight: dict[int, tuple[torch.Tensor, float]] = field(default_factory=dict)
     bias: dict[int, tuple[torch.Tensor, float]] = field(default_factory=dict)
@@ -65,10 +74,16 @@ class Grads:
     macs_backward: int = 0
     e_max: dict[int, float] = field(default_factory=dict)
     loss_error: torch.Tensor | None = None
+    kept: dict[int, torch.Tensor] = field(default_factory=dict)
+    e_absmax: dict[int, float] = field(default_factory=dict)
 
     def real_weight_grad(self, index: int) -> torch.Tensor:
         """Per-element float temporary of layer ``index``'s weight gradient."""
         acc, scale = self.weight[index]
+        return acc.to(torch.float64) * scale
+
+    def real_bias_grad(self, index: int) -> torch.Tensor:
+        acc, scale = self.bias[index]
         return acc.to(torch.float64) * scale
 
 
@@ -107,51 +122,57 @@ def backward_uint8(
     def fmt_of(i: int) -> Affine:  # error format of layer i's input (i = len(layers): the loss head)
         return e_fmts.get(i, error_format())
 
-    out_fmt = model.output_fmt
-    e = softmax_ce_error(trace.outputs[-1], out_fmt, y, fmt_of(len(model.layers)))
+    n_layers = len(model.layers)
+    real_g = softmax_minus_onehot(trace.outputs[-1], model.output_fmt, y)
+    absmax = {n_layers: float(real_g.abs().max()) if real_g.numel() else 0.0}
+    e = quantize_error(real_g, fmt_of(n_layers))
     loss_error = e
-    ef = fmt_of(len(model.layers))
+    ef = fmt_of(n_layers)
     lowest = min(trained)
     maxima = dict(e_max or {})
-    weight, bias, rows_used = {}, {}, {}
+    weight, bias, rows_used, kept_per_sample = {}, {}, {}, {}
     macs = 0
     batch = q.shape[0]
-    for i in range(len(model.layers) - 1, lowest - 1, -1):
+    for i in range(n_layers - 1, lowest - 1, -1):
         layer = model.layers[i]
         raw_in = q if i == 0 else trace.outputs[i - 1]
         in_ef = fmt_of(i)
         if isinstance(layer, (Dense, Conv2d, Conv1d)):
             n_out = layer.weight.shape[0]
             rows = None
+            kept = torch.full((batch,), n_out, dtype=torch.int64)
             if i in trained and policy is not None:
-                score = channel_error(e, ef) * float(scale_of(ef))
-                level = float(score.mean())
-                maxima[i] = max(maxima.get(i, 0.0), level)
-                k = dynamic_k(level, maxima[i], n_out, policy.lam_min, policy.lam_max)
-                rows = top_k_rows(e, ef, k)
-                e = prune_error(e, ef, rows)
-            kept = n_out if rows is None else int(rows.numel())
+                keep, kept, maxima[i] = partial_mask(sample_channel_error(e, ef), maxima.get(i, 0.0),
+                                                     policy.lam_min, policy.lam_max)
+                e = prune_error_per_sample(e, ef, keep)
+                rows = torch.nonzero(keep.any(0)).reshape(-1)
             fan_in = layer.weight[0].numel()
             positions = math.prod(e.shape[2:]) if e.ndim > 2 else 1
+            work = int(kept.sum()) * fan_in * positions
             if i in trained:
                 weight[i] = (dense_weight_grad(e, ef, raw_in, layer.in_fmt, rows) if isinstance(layer, Dense)
                              else conv_weight_grad(e, ef, raw_in, layer.in_fmt, tuple(layer.weight.shape[2:]),
                                                    layer.stride, layer.padding, rows))
                 bias[i] = bias_grad(e, ef, rows)
                 rows_used[i] = torch.arange(n_out) if rows is None else rows
-                macs += batch * kept * fan_in * positions
+                kept_per_sample[i] = kept
+                macs += work
             if i > lowest:
                 if isinstance(layer, Dense):
-                    e = dense_input_grad(e, ef, layer.weight, layer.w_fmt, in_ef)
+                    acc, scale = dense_input_acc(e, ef, layer.weight, layer.w_fmt)
                 else:
-                    e = conv_input_grad(e, ef, layer.weight, layer.w_fmt, in_ef, tuple(raw_in.shape[1:]),
-                                        layer.stride, layer.padding)
-                macs += batch * kept * fan_in * positions
+                    acc, scale = conv_input_acc(e, ef, layer.weight, layer.w_fmt, tuple(raw_in.shape[1:]),
+                                                layer.stride, layer.padding)
+                absmax[i] = float(acc.abs().max()) * scale if acc.numel() else 0.0
+                e = requant_error(acc, scale, in_ef)
+                macs += work
         elif isinstance(layer, ReLU):
             e = relu_grad(e, ef, trace.outputs[i], layer.fmt)
         elif isinstance(layer, MaxPool):
             e = maxpool_grad(e, ef, raw_in, layer.kernel, layer.stride)
         elif isinstance(layer, GlobalAvgPool):
+            acc, scale = global_avg_pool_acc(e, ef, tuple(raw_in.shape[1:]))
+            absmax[i] = float(acc.abs().max()) * scale if acc.numel() else 0.0
             e = global_avg_pool_grad(e, ef, tuple(raw_in.shape[1:]), in_ef)
         elif isinstance(layer, Flatten):
             e = e.reshape(raw_in.shape)
@@ -160,7 +181,7 @@ def backward_uint8(
         if not isinstance(layer, (Dense, Conv2d, Conv1d, GlobalAvgPool)):
             in_ef = ef  # element-wise layers keep the error format
         ef = in_ef
-    return Grads(weight, bias, rows_used, macs, maxima, loss_error)
+    return Grads(weight, bias, rows_used, macs, maxima, loss_error, kept_per_sample, absmax)
 
 
 __all__ = ["Grads", "PartialPolicy", "backward_uint8"]

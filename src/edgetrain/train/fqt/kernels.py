@@ -74,23 +74,39 @@ def quantize_error(e: torch.Tensor, e_fmt: Affine) -> torch.Tensor:
 def softmax_ce_error(logits: torch.Tensor, logit_fmt: Affine, y: torch.Tensor, e_fmt: Affine) -> torch.Tensor:
     """The loss head: ``softmax(logits) - onehot(y)`` from raw uint8 logits (float per-element
     temporaries), quantized to ``e_fmt``. Returns raw ``[B, classes]``."""
+    return quantize_error(softmax_minus_onehot(logits, logit_fmt, y), e_fmt)
+
+
+def softmax_minus_onehot(logits: torch.Tensor, logit_fmt: Affine, y: torch.Tensor) -> torch.Tensor:
+    """The real per-element temporaries of the loss head, before quantization: ``[B, classes]``."""
     real = dequantize(logits, logit_fmt)
     y = torch.as_tensor(y, dtype=torch.int64).reshape(-1)
     if y.shape[0] != real.shape[0] or (y.numel() and (int(y.min()) < 0 or int(y.max()) >= real.shape[1])):
         raise ValueError(f"labels must be {real.shape[0]} values in 0..{real.shape[1] - 1}")
-    g = torch.softmax(real, dim=1)
+    g = torch.softmax(real.to(torch.float64), dim=1)
     g[torch.arange(y.shape[0]), y] -= 1.0
-    return quantize_error(g, e_fmt)
+    return g
 
 
 # -- dense ----------------------------------------------------------------------------------------------
 
 
-def dense_input_grad(e: torch.Tensor, e_fmt: Affine, w: torch.Tensor, w_fmt: Affine, out_fmt: Affine) -> torch.Tensor:
-    """``e_a = W^T e_y``: raw ``[B, out]`` errors and ``[out, in]`` weights -> raw ``[B, in]``."""
+def dense_input_acc(e: torch.Tensor, e_fmt: Affine, w: torch.Tensor, w_fmt: Affine) -> tuple[torch.Tensor, float]:
+    """``W^T e_y`` as the int32 accumulator ``[B, in]`` and its real scale ``s_e s_w``, before the
+    requantization to the input's error format (the moving-average range mode reads its range here)."""
     _per_tensor(w_fmt, "the weight format")
     acc = _acc32(_centred(e, e_fmt) @ _centred(w, w_fmt), "dense input gradient")
-    return _requant(acc, e_fmt.scale[0] * w_fmt.scale[0], out_fmt)
+    return acc, e_fmt.scale[0] * w_fmt.scale[0]
+
+
+def dense_input_grad(e: torch.Tensor, e_fmt: Affine, w: torch.Tensor, w_fmt: Affine, out_fmt: Affine) -> torch.Tensor:
+    """``e_a = W^T e_y``: raw ``[B, out]`` errors and ``[out, in]`` weights -> raw ``[B, in]``."""
+    return requant_error(*dense_input_acc(e, e_fmt, w, w_fmt), out_fmt)
+
+
+def requant_error(acc: torch.Tensor, scale: float, out_fmt: Affine) -> torch.Tensor:
+    """An int32 error accumulator of real scale ``scale`` -> raw values of the error format ``out_fmt``."""
+    return _requant(acc, scale, out_fmt)
 
 
 def dense_weight_grad(e: torch.Tensor, e_fmt: Affine, a: torch.Tensor, a_fmt: Affine,
@@ -134,6 +150,12 @@ def conv_input_grad(e: torch.Tensor, e_fmt: Affine, w: torch.Tensor, w_fmt: Affi
                     in_shape: tuple[int, ...], stride, padding) -> torch.Tensor:
     """Transposed convolution of the raw output errors ``[B, C_out, ...]`` with the raw weights:
     raw input errors of shape ``(B, *in_shape)``. 2-D (``[C, H, W]``) or 1-D (``[C, L]``)."""
+    return requant_error(*conv_input_acc(e, e_fmt, w, w_fmt, in_shape, stride, padding), out_fmt)
+
+
+def conv_input_acc(e: torch.Tensor, e_fmt: Affine, w: torch.Tensor, w_fmt: Affine, in_shape: tuple[int, ...],
+                   stride, padding) -> tuple[torch.Tensor, float]:
+    """The int32 accumulator of ``conv_input_grad`` (shape ``(B, *in_shape)``) and its real scale."""
     _per_tensor(w_fmt, "the weight format")
     conv1d = w.ndim == 3
     st, pad = _geometry(stride, padding, conv1d)
@@ -141,8 +163,7 @@ def conv_input_grad(e: torch.Tensor, e_fmt: Affine, w: torch.Tensor, w_fmt: Affi
     shape2d = full if not conv1d else (full[0], full[1], 1, full[2])
     acc = torch.nn.grad.conv2d_input(shape2d, _as2d(_centred(w, w_fmt), conv1d), _as2d(_centred(e, e_fmt), conv1d),
                                      stride=st, padding=pad)
-    acc = _acc32(acc.reshape(full), "convolution input gradient")
-    return _requant(acc, e_fmt.scale[0] * w_fmt.scale[0], out_fmt)
+    return _acc32(acc.reshape(full), "convolution input gradient"), e_fmt.scale[0] * w_fmt.scale[0]
 
 
 def conv_weight_grad(e: torch.Tensor, e_fmt: Affine, a: torch.Tensor, a_fmt: Affine, kernel: tuple[int, ...],
@@ -200,13 +221,15 @@ def maxpool_grad(e: torch.Tensor, e_fmt: Affine, a_q: torch.Tensor, kernel: tupl
     return out.round().to(torch.int64)
 
 
+def global_avg_pool_acc(e: torch.Tensor, e_fmt: Affine, in_shape: tuple[int, ...]) -> tuple[torch.Tensor, float]:
+    """The centred errors ``[B, C]`` and their real scale ``s_e / positions`` (one per input position)."""
+    positions = math.prod(in_shape[1:])
+    return _centred(e, e_fmt).to(torch.int64), e_fmt.scale[0] / positions
+
+
 def global_avg_pool_grad(e: torch.Tensor, e_fmt: Affine, in_shape: tuple[int, ...], out_fmt: Affine) -> torch.Tensor:
     """``e_a[c, p] = e[c] / positions`` for every position: raw ``[B, C]`` -> raw ``(B, *in_shape)``."""
-    positions = 1
-    for d in in_shape[1:]:
-        positions *= d
-    acc = _centred(e, e_fmt).to(torch.int64)
-    q = _requant(acc, e_fmt.scale[0] / positions, out_fmt)
+    q = requant_error(*global_avg_pool_acc(e, e_fmt, in_shape), out_fmt)
     return q.reshape(*q.shape, *([1] * (len(in_shape) - 1))).expand(e.shape[0], *in_shape).clone()
 
 
@@ -229,6 +252,41 @@ def dynamic_k(e_mean: float, e_max: float, n: int, lam_min: float, lam_max: floa
     return max(math.floor((lam_min + ratio * (lam_max - lam_min)) * n + 1e-9), 1)
 
 
+def sample_channel_error(e: torch.Tensor, e_fmt: Affine) -> torch.Tensor:
+    """Mean |error| per sample and output channel over positions, in real units (float, ``[B, C]``)."""
+    ec = _centred(e, e_fmt).abs()
+    return ec.reshape(ec.shape[0], ec.shape[1], -1).mean(2) * e_fmt.scale[0]
+
+
+def partial_mask(scores: torch.Tensor, e_max: float, lam_min: float, lam_max: float
+                 ) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Dynamic partial updates for a batch, one sample after another as the device does them.
+
+    ``scores`` is ``[B, C]``: each sample's mean |error| per output channel (real units). Sample ``b``'s
+    level is its mean over channels; the running maximum ``e_max`` takes it in first, then
+    ``k_b = dynamic_k(level_b, e_max_b, C, lam_min, lam_max)`` channels with the largest scores are
+    kept (ties keep the lower index). Returns the keep mask ``[B, C]``, ``k`` ``[B]`` and the new
+    running maximum.
+    """
+    scores = scores.to(torch.float64)
+    b, c = scores.shape
+    levels = scores.mean(1) if c else torch.zeros(b, dtype=torch.float64)
+    running = torch.cummax(torch.cat([torch.tensor([float(e_max)], dtype=torch.float64), levels]), 0).values[1:]
+    k = torch.tensor([dynamic_k(float(lv), float(m), c, lam_min, lam_max) for lv, m in
+                      zip(levels.tolist(), running.tolist(), strict=True)], dtype=torch.int64)
+    order = torch.argsort(-scores, dim=1, stable=True)
+    rank = torch.empty_like(order)
+    rank.scatter_(1, order, torch.arange(c).expand(b, c).contiguous())
+    new_max = float(running[-1]) if b else float(e_max)
+    return rank < k.unsqueeze(1), k, new_max
+
+
+def prune_error_per_sample(e: torch.Tensor, e_fmt: Affine, keep: torch.Tensor) -> torch.Tensor:
+    """Zero error (``z_e``) wherever ``keep`` (``[B, C]``) is False."""
+    view = list(keep.shape) + [1] * (e.ndim - 2)
+    return torch.where(keep.reshape(view), e, torch.full_like(e, e_fmt.zero_point[0]))
+
+
 def top_k_rows(e: torch.Tensor, e_fmt: Affine, k: int) -> torch.Tensor:
     """Indices (ascending) of the ``k`` output channels with the largest mean |error|; ties keep the
     lower index."""
@@ -246,6 +304,8 @@ def prune_error(e: torch.Tensor, e_fmt: Affine, rows: torch.Tensor) -> torch.Ten
     return torch.where(keep.reshape(view), e, torch.full_like(e, e_fmt.zero_point[0]))
 
 
-__all__ = ["ACC_MAX", "ACC_MIN", "bias_grad", "channel_error", "conv_input_grad", "conv_weight_grad",
-           "dense_input_grad", "dense_weight_grad", "dynamic_k", "error_format", "global_avg_pool_grad",
-           "maxpool_grad", "prune_error", "quantize_error", "relu_grad", "softmax_ce_error", "top_k_rows"]
+__all__ = ["ACC_MAX", "ACC_MIN", "bias_grad", "channel_error", "conv_input_acc", "conv_input_grad",
+           "conv_weight_grad", "dense_input_acc", "dense_input_grad", "dense_weight_grad", "dynamic_k",
+           "error_format", "global_avg_pool_acc", "global_avg_pool_grad", "maxpool_grad", "partial_mask",
+           "prune_error", "prune_error_per_sample", "quantize_error", "relu_grad", "requant_error",
+           "sample_channel_error", "softmax_ce_error", "softmax_minus_onehot", "top_k_rows"]
