@@ -28,6 +28,17 @@ from .memory import (
     param_bytes,
     requant_pairs,
 )
+from .training_memory import (
+    OPTIMIZERS,
+    PRECISIONS,
+    TRAINING_KINDS,
+    DoesNotFit,
+    check_training_fits,
+    step_label,
+    training_flash_bytes,
+    training_memory,
+    training_plan,
+)
 from .writes import (
     WriteCounter,
     advance,
@@ -45,11 +56,13 @@ from .writes import (
 )
 
 __all__ = [
-    "ADDITIVE", "BUFFER_KINDS", "Buffer", "FitReport", "LayerMacs", "Ledger", "MemoryPlan", "PEAK",
+    "ADDITIVE", "BUFFER_KINDS", "Buffer", "DoesNotFit", "FitReport", "LayerMacs", "Ledger", "MemoryPlan", "PEAK",
     "REQUANT_PAIR_BYTES", "WriteCounter", "activation_bytes", "advance", "bytes_per_value", "cells",
     "energy_j", "fits", "flash_bytes", "flash_items", "inference_ledger", "inference_macs",
     "inference_plan", "init_writes", "latency_s", "layer_macs", "lifetime_steps",
     "max_writes_per_cell", "mean_write_density", "model_fits", "model_macs", "param_bytes",
     "record_model_writes", "record_writes", "requant_pairs", "summary", "total", "total_writes",
     "training_ledger", "training_macs", "with_device", "write_energy_j", "writes_ledger",
+    "OPTIMIZERS", "PRECISIONS", "TRAINING_KINDS", "check_training_fits", "step_label", "training_flash_bytes",
+    "training_memory", "training_plan",
 ]

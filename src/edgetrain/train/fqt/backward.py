@@ -39,6 +39,7 @@ from .kernels import (
     relu_grad,
     requant_error,
     sample_channel_error,
+    saturation_grad,
     softmax_minus_onehot,
 )
 
@@ -109,9 +110,12 @@ def backward_uint8(
     e_fmts: dict[int, Affine] | None = None,
     policy: PartialPolicy | None = None,
     e_max: dict[int, float] | None = None,
+    bias_only: frozenset[int] | set[int] = frozenset(),
 ) -> Grads:
     """Integer backward of ``model`` on raw input ``q`` and labels ``y``, computing the weight and
-    bias gradients of the ``trained`` layers (indices of dense/conv layers). See the module docstring."""
+    bias gradients of the ``trained`` layers (indices of dense/conv layers; those also in ``bias_only``
+    get only their bias gradient, and their weight-gradient work is neither done nor counted). See
+    the module docstring."""
     if not trained:
         raise ValueError("backward_uint8 needs at least one trained layer")
     _check_uint8(model, trained)
@@ -141,6 +145,7 @@ def backward_uint8(
             n_out = layer.weight.shape[0]
             rows = None
             kept = torch.full((batch,), n_out, dtype=torch.int64)
+            e = saturation_grad(e, ef, trace.outputs[i], layer.out_fmt)
             if i in trained and policy is not None:
                 keep, kept, maxima[i] = partial_mask(sample_channel_error(e, ef), maxima.get(i, 0.0),
                                                      policy.lam_min, policy.lam_max)
@@ -150,13 +155,14 @@ def backward_uint8(
             positions = math.prod(e.shape[2:]) if e.ndim > 2 else 1
             work = int(kept.sum()) * fan_in * positions
             if i in trained:
-                weight[i] = (dense_weight_grad(e, ef, raw_in, layer.in_fmt, rows) if isinstance(layer, Dense)
-                             else conv_weight_grad(e, ef, raw_in, layer.in_fmt, tuple(layer.weight.shape[2:]),
-                                                   layer.stride, layer.padding, rows))
+                if i not in bias_only:
+                    weight[i] = (dense_weight_grad(e, ef, raw_in, layer.in_fmt, rows) if isinstance(layer, Dense)
+                                 else conv_weight_grad(e, ef, raw_in, layer.in_fmt, tuple(layer.weight.shape[2:]),
+                                                       layer.stride, layer.padding, rows))
+                    macs += work
                 bias[i] = bias_grad(e, ef, rows)
                 rows_used[i] = torch.arange(n_out) if rows is None else rows
                 kept_per_sample[i] = kept
-                macs += work
             if i > lowest:
                 if isinstance(layer, Dense):
                     acc, scale = dense_input_acc(e, ef, layer.weight, layer.w_fmt)

@@ -189,6 +189,17 @@ def conv_weight_grad(e: torch.Tensor, e_fmt: Affine, a: torch.Tensor, a_fmt: Aff
 # -- element-wise and pooling -----------------------------------------------------------------------------
 
 
+def saturation_grad(e: torch.Tensor, e_fmt: Affine, out_q: torch.Tensor, out_fmt: Affine) -> torch.Tensor:
+    """Zero the error (``z_e``) where the layer's raw output sits at an end of its range and the error
+    would push it further out: at ``raw_max`` with a negative error (descent raises the output) and at
+    ``raw_min`` with a positive one. The requantization clamps there, so that step would be lost, and
+    following it anyway grows the weights without bound (our variant of the clipped straight-through
+    estimator: unlike the plain one it keeps the error that brings a saturated output back in range)."""
+    ec = e.to(torch.int64) - e_fmt.zero_point[0]
+    out = (ec < 0) & (out_q >= out_fmt.raw_max) | (ec > 0) & (out_q <= out_fmt.raw_min)
+    return torch.where(out, torch.full_like(e, e_fmt.zero_point[0]), e)
+
+
 def relu_grad(e: torch.Tensor, e_fmt: Affine, out_q: torch.Tensor, act_fmt) -> torch.Tensor:
     """Pass the error where the ReLU's raw output is above its zero point, else zero error (``z_e``)."""
     if isinstance(act_fmt, Affine):
@@ -307,5 +318,5 @@ def prune_error(e: torch.Tensor, e_fmt: Affine, rows: torch.Tensor) -> torch.Ten
 __all__ = ["ACC_MAX", "ACC_MIN", "bias_grad", "channel_error", "conv_input_acc", "conv_input_grad",
            "conv_weight_grad", "dense_input_acc", "dense_input_grad", "dense_weight_grad", "dynamic_k",
            "error_format", "global_avg_pool_acc", "global_avg_pool_grad", "maxpool_grad", "partial_mask",
-           "prune_error", "prune_error_per_sample", "quantize_error", "relu_grad", "requant_error",
+           "prune_error", "prune_error_per_sample", "quantize_error", "relu_grad", "requant_error", "saturation_grad",
            "sample_channel_error", "softmax_ce_error", "softmax_minus_onehot", "top_k_rows"]
