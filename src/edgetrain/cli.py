@@ -123,6 +123,26 @@ def build_parser() -> argparse.ArgumentParser:
     lr.add_argument("--out", default="runs/lrt-demo", help="directory for lrt_demo.json, CSV and PNG")
     lr.add_argument("--no-progress", action="store_true")
 
+    fq = sub.add_parser("fqt-demo", help="fully quantized training with dynamic partial updates (Deutel et al. 2024)")
+    fq.add_argument("--seed", type=int, default=None, help="run this one seed (default: --seeds)")
+    fq.add_argument("--seeds", default="0,1,2", help="comma-separated seeds; accuracies are means over them")
+    fq.add_argument("--json", dest="json_path", metavar="PATH", help="write the result records as JSON")
+    fq.add_argument("--data-dir", help="directory with the .ts files (else $EDGETRAIN_DATA, ../shared/data)")
+    fq.add_argument("--tasks", default="all",
+                    help="comma-separated: digits-transfer, digits-scratch, ts:<Name> (default: all four)")
+    fq.add_argument("--precisions", default="float32,mixed,uint8", help="comma-separated precision modes")
+    fq.add_argument("--rates", default="1,0.5,0.1", help="update rates (1 = full; below 1: dynamic, at most)")
+    fq.add_argument("--no-static", action="store_true", help="skip uint8's fixed-rate, last-layer and bias-only runs")
+    fq.add_argument("--optimizer", default="sgd", help="sgd, standardize or qas")
+    fq.add_argument("--lr", type=float, default=0.1, help="learning rate")
+    fq.add_argument("--batch", type=_positive, default=8, help="mini-batch (gradient accumulation) size")
+    fq.add_argument("--epochs", type=_positive, default=None, help="on-device epochs for every task")
+    fq.add_argument("--shift", default="contrast:0.5+offset:0.5+noise:0.3", help="time-series tasks' sensor shift")
+    fq.add_argument("--devices", default="cortex-m0+,cortex-m4,cortex-m7", help="MCU profiles to cost")
+    fq.add_argument("--quick", action="store_true", help="one seed, one epoch per task: a smoke test")
+    fq.add_argument("--out", default="runs/fqt-demo", help="directory for fqt_demo.json, CSV and PNG")
+    fq.add_argument("--no-progress", action="store_true")
+
     v = sub.add_parser("devices", help="list device profiles with their numbers")
     _common(v, device=False)
     return ap
@@ -182,6 +202,25 @@ def _dispatch(args: argparse.Namespace) -> int:
             analog=args.analog, digital=args.digital, rank=args.rank, nvm=args.nvm, epochs=args.epochs,
             seed=args.seed, data_dir=args.data_dir, download=args.download, out=args.out,
             progress=not args.no_progress))
+        if args.json_path:
+            write_json(args.json_path, recs)
+    elif args.command == "fqt-demo":
+        from .experiments.fqt_demo import TASKS, FQTDemoConfig, run_fqt_demo
+        from .report import write_json
+
+        cfg = FQTDemoConfig(
+            tasks=TASKS if args.tasks == "all" else _items(args.tasks), precisions=_items(args.precisions),
+            rates=tuple(_number(v, "--rates") for v in _items(args.rates)), static=not args.no_static,
+            optimizer=args.optimizer, lr=args.lr, batch=args.batch, shift=args.shift, devices=_items(args.devices),
+            seeds=(args.seed,) if args.seed is not None else tuple(int(v) for v in _items(args.seeds)),
+            data_dir=args.data_dir, out=args.out, progress=not args.no_progress)
+        if args.epochs is not None:
+            cfg.epochs = {k: args.epochs for k in ("digits-transfer", "digits-scratch", "ts")}
+        if args.quick:
+            cfg.epochs = {k: 1 for k in ("digits-transfer", "digits-scratch", "ts")}
+            cfg.seeds = cfg.seeds[:1]
+            cfg.pretrain_epochs = 5
+        recs = run_fqt_demo(cfg)
         if args.json_path:
             write_json(args.json_path, recs)
     elif args.command == "devices":

@@ -283,8 +283,12 @@ def partial_mask(scores: torch.Tensor, e_max: float, lam_min: float, lam_max: fl
     b, c = scores.shape
     levels = scores.mean(1) if c else torch.zeros(b, dtype=torch.float64)
     running = torch.cummax(torch.cat([torch.tensor([float(e_max)], dtype=torch.float64), levels]), 0).values[1:]
-    k = torch.tensor([dynamic_k(float(lv), float(m), c, lam_min, lam_max) for lv, m in
-                      zip(levels.tolist(), running.tolist(), strict=True)], dtype=torch.int64)
+    if not (0.0 <= lam_min <= lam_max <= 1.0):
+        raise ValueError(f"need 0 <= lam_min <= lam_max <= 1, got {lam_min}, {lam_max}")
+    # dynamic_k for every sample at once (same arithmetic, same guard at floor's edge)
+    ratio = torch.where(running > 0, (levels / running.clamp_min(1e-300)).abs().clamp_max(1.0),
+                        torch.ones_like(levels))
+    k = torch.floor((lam_min + ratio * (lam_max - lam_min)) * c + 1e-9).to(torch.int64).clamp_min(1)
     order = torch.argsort(-scores, dim=1, stable=True)
     rank = torch.empty_like(order)
     rank.scatter_(1, order, torch.arange(c).expand(b, c).contiguous())

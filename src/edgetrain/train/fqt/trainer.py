@@ -222,8 +222,10 @@ class FQTTrainer:
                 state = replace(state, e_range=e_range)
             trace = forward_int(model, x, overflow="wrap", trace=True)
             logits = dequantize(trace.outputs[-1], model.output_fmt)
+            t_back = time.perf_counter()
             g = backward_uint8(model, x, y, trained, trace, self._e_fmts(state, n), self.policy, state.e_max,
                                bias_only)
+            backward_s = time.perf_counter() - t_back
             grad_w = {i: g.real_weight_grad(i) / b for i in g.weight}
             grad_b = {i: g.real_bias_grad(i) / b for i in g.bias}
             if self.ranges == "moving":
@@ -246,7 +248,9 @@ class FQTTrainer:
             if self.precision == "mixed":
                 saturated = {i: (trace.outputs[i] <= layer.out_fmt.raw_min, trace.outputs[i] >= layer.out_fmt.raw_max)
                              for i, layer in enumerate(model.layers) if isinstance(layer, LINEAR)}
+            t_back = time.perf_counter()
             g = backward_real(model, params, xin, outs, y, trained, bias_only, self.policy, state.e_max, saturated)
+            backward_s = time.perf_counter() - t_back
             grad_w = {i: w / b for i, w in g.weight.items()}
             grad_b = {i: v / b for i, v in g.bias.items()}
         loss = float(F.cross_entropy(logits.to(torch.float64), y))
@@ -284,7 +288,7 @@ class FQTTrainer:
                             w_range=w_range, steps=state.steps + 1, samples=state.samples + b,
                             correct=state.correct + correct, kept_rows=state.kept_rows + kept,
                             offered_rows=state.offered_rows + offered)
-        return new_state, StepInfo(ledger, {"loss": loss, "correct": float(correct),
+        return new_state, StepInfo(ledger, {"loss": loss, "correct": float(correct), "backward_s": backward_s,
                                             "update_rate": kept / offered if offered else 0.0})
 
     # -- results ------------------------------------------------------------------------------------------
