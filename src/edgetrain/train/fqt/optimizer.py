@@ -5,8 +5,9 @@ Three rules, each an ``init`` / ``update`` pair over explicit per-layer state (a
 * ``standardize`` (the default; Deutel et al., arXiv 2407.10734, sec. IV-C): per output row (dense
   row, conv filter) the gradient is centred and scaled, ``(g - mu) / sigma``, where ``mu`` and
   ``sigma^2`` are moving averages (rate ``stat_rate``) of the row gradient's mean and variance; the
-  first update of a row starts them at its own statistics. The bias moves by ``g_b / sigma`` of its
-  row (a single value cannot be centred; our choice). This makes the step size independent of the
+  first update of a row starts them at its own statistics. The bias moves by ``g_b / max(sigma, |g_b|)``
+  of its row (a single value cannot be centred, and the bound keeps a row with a constant weight
+  gradient from dividing by ~0; our choice). This makes the step size independent of the
   very different gradient scales of uint8 layers.
 * ``sgd``: plain SGD on the mean gradient, with optional momentum ``v <- momentum v + g``.
 * ``qas``: Quantization-Aware Scaling (Lin et al., "On-device training under 256KB memory", NeurIPS
@@ -51,6 +52,8 @@ class Optimizer:
             raise ValueError("momentum applies to the 'sgd' and 'qas' optimizers, not to 'standardize'")
         if not 0.0 < self.stat_rate <= 1.0:
             raise ValueError(f"stat_rate must lie in (0, 1], got {self.stat_rate!r}")
+        if not (math.isfinite(self.eps) and self.eps > 0):
+            raise ValueError(f"eps must be a finite number > 0, got {self.eps!r}")
 
 
 @dataclass(frozen=True, eq=False)
@@ -103,7 +106,9 @@ def opt_update(
             seen[rows] = True
             sigma = (var[rows] + opt.eps).sqrt()
             delta_w.reshape(grad_w.shape[0], -1)[rows] = -opt.lr * (g - mean[rows, None]) / sigma[:, None]
-            delta_b[rows] = -opt.lr * grad_b[rows] / sigma
+            # a row whose weight gradient is (nearly) constant has sigma ~ 0 while its bias gradient need
+            # not be: bound the bias step by lr, the size of a standardized weight step
+            delta_b[rows] = -opt.lr * grad_b[rows] / torch.maximum(sigma, grad_b[rows].abs())
         else:  # bias only: no row of weights to take statistics from; standardize across the kept biases
             g = grad_b[rows]
             sigma = g.std(unbiased=False) if g.numel() > 1 else g.abs().max()

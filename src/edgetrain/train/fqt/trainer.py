@@ -167,8 +167,7 @@ class FQTTrainer:
                                optimizer=self.optimizer.kind, momentum=self.optimizer.momentum > 0)
 
     def init(self, model: DeployedModel, seed: int = 0) -> FQTState:
-        if self.precision != "float32":
-            _check_uint8_model(model)
+        _check_uint8_model(model)  # every mode starts from (and float32 exports back to) the uint8 deployment
         trained, _ = self.layers(model)
         if not trained:
             raise ValueError(f"params spec {self.params!r} selects nothing to train")
