@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from ...model import DeployedModel
 from ...model.layers import Conv1d, Conv2d, Dense, Flatten, GlobalAvgPool, MaxPool, ReLU
+from ..gradients import _input_grad, _patches
 from .kernels import partial_mask
 
 LINEAR = (Dense, Conv2d, Conv1d)
@@ -75,21 +76,6 @@ def forward_real(model: DeployedModel, params: RealParams, x: torch.Tensor) -> l
             raise TypeError(f"no float forward for layer type {type(layer).__name__}")
         outs.append(a)
     return outs
-
-
-def _patches(layer: Conv2d | Conv1d, a: torch.Tensor) -> torch.Tensor:
-    if isinstance(layer, Conv1d):
-        return F.unfold(a.unsqueeze(2), (1, layer.weight.shape[2]), padding=(0, layer.padding),
-                        stride=(1, layer.stride))
-    return F.unfold(a, tuple(layer.weight.shape[2:]), padding=layer.padding, stride=layer.stride)
-
-
-def _input_grad(layer: Dense | Conv2d | Conv1d, e: torch.Tensor, in_shape: torch.Size, w: torch.Tensor) -> torch.Tensor:
-    if isinstance(layer, Dense):
-        return e @ w
-    if isinstance(layer, Conv2d):
-        return torch.nn.grad.conv2d_input(in_shape, w, e, stride=layer.stride, padding=layer.padding)
-    return torch.nn.grad.conv1d_input(in_shape, w, e, stride=layer.stride, padding=layer.padding)
 
 
 def _maxpool_grad(layer: MaxPool, e: torch.Tensor, a_in: torch.Tensor) -> torch.Tensor:
