@@ -187,7 +187,9 @@ class FQTTrainer:
                 layer = model.layers[i]
                 w = dequantize(layer.weight, layer.w_fmt)
                 w_range[i] = (float(w.min()), float(w.max()))
-        return FQTState(model, real, opt, seed=seed, w_range=w_range, memory=self.memory(model))
+        memory = self.memory(model)
+        memory["extra_memory_bytes"] = max(memory["train_ram_bytes"] - inference_plan(model).peak_bytes(), 0)
+        return FQTState(model, real, opt, seed=seed, w_range=w_range, memory=memory)
 
     # -- one step ---------------------------------------------------------------------------------------
 
@@ -281,7 +283,7 @@ class FQTTrainer:
         mem = state.memory
         ledger = Ledger(forward_passes=b, macs_forward=inference_macs(model, b), macs_backward=g.macs_backward,
                         train_ram_bytes=mem["train_ram_bytes"], flash_bytes=mem["flash_bytes"],
-                        extra_memory_bytes=max(mem["train_ram_bytes"] - inference_plan(model).peak_bytes(), 0),
+                        extra_memory_bytes=mem["extra_memory_bytes"],
                         weight_writes=changed, wall_s=wall)
         new_state = replace(state, model=new_model, real=real, opt=opt, e_max=g.e_max, e_range=e_range,
                             w_range=w_range, steps=state.steps + 1, samples=state.samples + b,
