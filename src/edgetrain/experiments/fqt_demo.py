@@ -209,8 +209,7 @@ def _records(res: dict, results: list[dict], devices) -> list[dict]:
     full = next((r for r in results if r["task"] is task and r["seed"] == seed
                  and r["label"] == f"fqt-{trainer.precision}-full"), None)
     samples = res["ledger"].forward_passes
-    mem = training_memory(task.model, trainer.writes(task.model), trainer.precision, accumulate=trainer.batch,
-                          optimizer=trainer.optimizer.kind, momentum=trainer.optimizer.momentum > 0)
+    mem = res["state"].memory  # the trainer's own plan for this configuration
     per_sample = Ledger(forward_passes=1, macs_forward=res["ledger"].macs_forward // samples,
                         macs_backward=round(res["ledger"].macs_backward / samples),
                         train_ram_bytes=mem["train_ram_bytes"], flash_bytes=mem["flash_bytes"],

@@ -315,8 +315,7 @@ def prune_error(e: torch.Tensor, e_fmt: Affine, rows: torch.Tensor) -> torch.Ten
     """Zero error (``z_e``) for every output channel not in ``rows``: their backward work is skipped."""
     keep = torch.zeros(e.shape[1], dtype=torch.bool)
     keep[rows] = True
-    view = [1, -1] + [1] * (e.ndim - 2)
-    return torch.where(keep.reshape(view), e, torch.full_like(e, e_fmt.zero_point[0]))
+    return prune_error_per_sample(e, e_fmt, keep.expand(e.shape[0], -1))
 
 
 __all__ = ["ACC_MAX", "ACC_MIN", "bias_grad", "channel_error", "conv_input_acc", "conv_input_grad",
