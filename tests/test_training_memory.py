@@ -2,6 +2,11 @@
 
 Step axis of the 3-layer MLP (n = 3): forward 0..2, loss 3, backward of layer 2/1/0 at 4/5/6, update 7.
 Step axis of the 5-layer conv net (n = 5): forward 0..4, loss 5, backward of layer i at 10 - i, update 11.
+
+Lifetime rules counted by hand below (``_activation_buffers``): a layer's input is kept to that layer's backward if
+its weight is trained, a ReLU's output to the ReLU's backward above L, a MaxPool's input to its backward above L,
+and the output of a dense/conv layer at index >= L to that layer's own backward (the saturation rule reads it).
+Each trained layer keeps an 8 B (double) running error maximum ``e_max``.
 """
 
 from __future__ import annotations
@@ -60,9 +65,10 @@ def per_step(plan):
 # ---------------------------------------------------------------- MLP, last layer, each precision
 
 # Last layer trained (L = 2): the input dies at step 0; the ReLU output is the trained layer's input
-# (kept to its backward at 4; the ReLU itself is below L, so no mask); the logits live to the loss;
+# (kept to its backward at 4; the ReLU itself is below L, so no mask); the logits are made by layer 2 >= L,
+# so they live past the loss to layer 2's own backward at 4 (saturation rule; was 2..3);
 # the error at the logits lives from the loss to layer 2's backward; a 3-value int32 gradient row at 4;
-# standardize keeps mean + variance of 2 rows (16 B) and e_max (4 B).
+# standardize keeps mean + variance of 2 rows (16 B) and e_max (8 B, a double; was 4).
 LAST_CASES = {
     # precision: (activation bytes per value, error bytes per value, weight bytes, bias bytes)
     "uint8": (1, 1, 6, 8),
@@ -78,25 +84,29 @@ def test_mlp_last_layer_by_hand(precision):
     assert rows(plan) == {
         "input": ("activation", 4 * a, 0, 0),
         "0.dense.out": ("activation", 3 * a, 0, 4),
-        "2.dense.out": ("activation", 2 * a, 2, 3),
+        "2.dense.out": ("activation", 2 * a, 2, 4),
         "err.2.dense.out": ("error", 2 * e, 3, 4),
         "2.weight.ram": ("weights", w, 0, 7),
         "2.bias.ram": ("weights", b, 0, 7),
         "2.weight.grad_row": ("gradient", 12, 4, 4),
         "2.weight.row_stats": ("optimizer", 16, 0, 7),
-        "2.e_max": ("optimizer", 4, 0, 7),
+        "2.e_max": ("optimizer", 8, 0, 7),
     }
-    state = w + b + 16 + 4
+    state = w + b + 16 + 8
+    # step 4 now also holds the logits: ReLU out 3a + logits 2a + error 2e + row 12
     assert per_step(plan) == [7 * a + state, 3 * a + state, 5 * a + state, 5 * a + 2 * e + state,
-                              3 * a + 2 * e + 12 + state, state, state, state]
+                              5 * a + 2 * e + 12 + state, state, state, state]
     assert plan.peak_step() == 4
-    assert plan.peak_bytes() == {"uint8": 51, "mixed": 57, "float32": 84}[precision]
+    # uint8: 5 + 2 + 12 + (6 + 8 + 16 + 8) = 57; mixed: 5 + 8 + 12 + 38 = 63;
+    # float32: 20 + 8 + 12 + (24 + 8 + 16 + 8) = 96
+    assert plan.peak_bytes() == {"uint8": 57, "mixed": 63, "float32": 96}[precision]
 
 
 def test_mlp_last_layer_summary():
     s = training_memory(mlp(), LAST, "uint8")
-    assert (s["train_ram_bytes"], s["peak_step"]) == (51, 4)
-    assert s["by_kind"] == {"activation": 3, "error": 2, "weights": 14, "gradient": 12, "optimizer": 20}
+    # step 4: activations ReLU out 3 + logits 2; optimizer row_stats 16 + e_max 8
+    assert (s["train_ram_bytes"], s["peak_step"]) == (57, 4)
+    assert s["by_kind"] == {"activation": 5, "error": 2, "weights": 14, "gradient": 12, "optimizer": 24}
     assert sum(s["by_kind"].values()) == s["train_ram_bytes"]
     assert s["flash_bytes"] == 48
     assert {"name": "2.weight.grad_row", "kind": "gradient", "nbytes": 12, "first": 4, "last": 4} in s["buffers"]
@@ -106,15 +116,16 @@ def test_mlp_last_layer_summary():
 # ---------------------------------------------------------------- MLP, both layers
 
 def test_mlp_both_layers_by_hand():
-    # L = 0: the input is layer 0's weight-gradient input (kept to 6); the ReLU output is its mask
-    # (kept to the ReLU backward at 5) and layer 2's input (to 4); the error chain runs from the loss
+    # L = 0: the input is layer 0's weight-gradient input (kept to 6); the ReLU output is layer 0's own
+    # output (kept to its backward at 6 by the saturation rule; was 5), the ReLU mask (to 5) and layer 2's
+    # input (to 4); the logits are layer 2's output (kept to 4; was 3); the error chain runs from the loss
     # (2 B at 3..4) through layer 2's backward, which makes the 3 B error at the ReLU output, carried
     # in place through the ReLU backward down to layer 0 (4..6). Layer 0 makes no input error.
     plan = training_plan(mlp(), BOTH, "uint8")
     assert rows(plan) == {
         "input": ("activation", 4, 0, 6),
-        "0.dense.out": ("activation", 3, 0, 5),
-        "2.dense.out": ("activation", 2, 2, 3),
+        "0.dense.out": ("activation", 3, 0, 6),
+        "2.dense.out": ("activation", 2, 2, 4),
         "err.2.dense.out": ("error", 2, 3, 4),
         "err.1.relu.out": ("error", 3, 4, 6),
         "0.weight.ram": ("weights", 12, 0, 7),
@@ -125,33 +136,38 @@ def test_mlp_both_layers_by_hand():
         "2.weight.grad_row": ("gradient", 12, 4, 4),
         "0.weight.row_stats": ("optimizer", 24, 0, 7),
         "2.weight.row_stats": ("optimizer", 16, 0, 7),
-        "0.e_max": ("optimizer", 4, 0, 7),
-        "2.e_max": ("optimizer", 4, 0, 7),
+        "0.e_max": ("optimizer", 8, 0, 7),
+        "2.e_max": ("optimizer", 8, 0, 7),
     }
-    state = 38 + 48
-    assert per_step(plan) == [7 + state, 7 + state, 9 + state, 11 + state, 24 + state, 10 + state,
-                              23 + state, state]
-    assert (plan.peak_bytes(), plan.peak_step()) == (110, 4)
-    assert plan.by_kind() == {"activation": 7, "error": 5, "weights": 38, "gradient": 12, "optimizer": 48}
+    state = 38 + 56  # weights 12 + 12 + 6 + 8; optimizer row_stats 24 + 16, e_max 8 + 8
+    # step 4: activations 4 + 3 + 2 (logits now alive), errors 2 + 3, row 12 = 26 (was 24)
+    # step 6: input 4 + ReLU out 3 (now alive) + error 3 + row 16 = 26 (was 23)
+    assert per_step(plan) == [7 + state, 7 + state, 9 + state, 11 + state, 26 + state, 10 + state,
+                              26 + state, state]
+    assert (plan.peak_bytes(), plan.peak_step()) == (120, 4)  # steps 4 and 6 tie; the earliest wins
+    assert plan.by_kind() == {"activation": 9, "error": 5, "weights": 38, "gradient": 12, "optimizer": 56}
 
 
 def test_bias_only_keeps_no_input_row_or_weight_copy():
     # biases of both layers: no weight gradient, so no input is kept for it and no gradient row;
-    # the ReLU mask is still needed to carry the error from layer 2 down to layer 0.
+    # the ReLU mask is still needed to carry the error from layer 2 down to layer 0, and each layer's
+    # own output is kept to its backward for the saturation rule (ReLU out to 6, logits to 4).
     plan = training_plan(mlp(), ("0.bias", "2.bias"), "uint8")
     assert rows(plan) == {
         "input": ("activation", 4, 0, 0),
-        "0.dense.out": ("activation", 3, 0, 5),
-        "2.dense.out": ("activation", 2, 2, 3),
+        "0.dense.out": ("activation", 3, 0, 6),
+        "2.dense.out": ("activation", 2, 2, 4),
         "err.2.dense.out": ("error", 2, 3, 4),
         "err.1.relu.out": ("error", 3, 4, 6),
         "0.bias.ram": ("weights", 12, 0, 7),
         "2.bias.ram": ("weights", 8, 0, 7),
-        "0.e_max": ("optimizer", 4, 0, 7),
-        "2.e_max": ("optimizer", 4, 0, 7),
+        "0.e_max": ("optimizer", 8, 0, 7),
+        "2.e_max": ("optimizer", 8, 0, 7),
     }
-    assert per_step(plan) == [35, 31, 33, 35, 36, 34, 31, 28]
-    assert (plan.peak_bytes(), plan.peak_step()) == (36, 4)
+    # state 12 + 8 + 8 + 8 = 36; on top: step 0 input 4 + ReLU out 3; 1: 3; 2: 3 + 2; 3: 3 + 2 + 2;
+    # 4: 3 + 2 + 2 + 3; 5: 3 + 3; 6: 3 + 3 (ReLU out now to 6); 7: nothing
+    assert per_step(plan) == [43, 39, 41, 43, 46, 42, 42, 36]
+    assert (plan.peak_bytes(), plan.peak_step()) == (46, 4)
 
 
 def test_accumulate_gives_persistent_gradients():
@@ -159,19 +175,21 @@ def test_accumulate_gives_persistent_gradients():
     r = rows(plan)
     assert r["2.weight.grad"] == ("gradient", 24, 0, 7) and r["2.bias.grad"] == ("gradient", 8, 0, 7)
     assert not any(name.endswith("grad_row") for name in r)
-    # state 14 weights + 32 gradients + 20 optimizer = 66; step 0 (input + ReLU out) = step 3 = 73
-    assert per_step(plan) == [73, 69, 71, 73, 71, 66, 66, 66]
-    assert (plan.peak_bytes(), plan.peak_step()) == (73, 0)
-    assert plan.by_kind() == {"activation": 7, "weights": 14, "gradient": 32, "optimizer": 20}
+    # state 14 weights + 32 gradients + 24 optimizer (row_stats 16 + e_max 8) = 70; on top 7 at step 0
+    # (input 4 + ReLU out 3), step 3 (3 + logits 2 + error 2) and step 4 (the logits now live to 4)
+    assert per_step(plan) == [77, 73, 75, 77, 77, 70, 70, 70]
+    assert (plan.peak_bytes(), plan.peak_step()) == (77, 0)
+    assert plan.by_kind() == {"activation": 7, "weights": 14, "gradient": 32, "optimizer": 24}
 
 
+# peak at step 4 = 33 (activations 5 + error 2 + row 12 + weights 14) + optimizer bytes
 @pytest.mark.parametrize("optimizer, momentum, optimizer_bytes, peak", [
-    ("standardize", False, 20, 51),
-    ("sgd", False, 4, 35),           # e_max only
-    ("qas", False, 4, 35),
-    ("sgd", True, 4 + 32, 67),       # momentum: 4 B x (6 + 2) trained values
-    ("qas", True, 4 + 32, 67),
-    ("standardize", True, 20 + 32, 83),
+    ("standardize", False, 16 + 8, 57),  # row_stats + e_max
+    ("sgd", False, 8, 41),               # e_max only (a double)
+    ("qas", False, 8, 41),
+    ("sgd", True, 8 + 32, 73),           # momentum: 4 B x (6 + 2) trained values
+    ("qas", True, 8 + 32, 73),
+    ("standardize", True, 24 + 32, 89),
 ])
 def test_optimizer_state(optimizer, momentum, optimizer_bytes, peak):
     s = training_memory(mlp(), LAST, "uint8", optimizer=optimizer, momentum=momentum)
@@ -187,23 +205,24 @@ def test_batch_doubles_activations_and_errors_only():
     for b1, b2 in zip(one.buffers, two.buffers, strict=True):
         factor = 2 if b1.kind in ("activation", "error") else 1
         assert (b2.name, b2.nbytes, b2.first, b2.last) == (b1.name, factor * b1.nbytes, b1.first, b1.last)
-    # step 4: 2 x (4 + 3 + 2 + 3) + 12 row + 86 state
-    assert (two.peak_bytes(), two.peak_step()) == (122, 4)
+    # step 4: 2 x (4 + 3 + 2 + 2 + 3) (input, ReLU out, logits, two errors) + 12 row + 94 state
+    assert (two.peak_bytes(), two.peak_step()) == (134, 4)
 
 
 # ---------------------------------------------------------------- conv net
 
 def test_conv_net_keeps_maxpool_input_by_hand():
-    # all trained (L = 0). Conv out 50 B is the ReLU mask (to 9) and the MaxPool input (to 8);
-    # pool out 8 B (Flatten in place) is the dense input (to 6). Errors: logits 3 B (5..6); the
+    # all trained (L = 0). Conv out 50 B is the conv's own output (to its backward at 10; was 9), the ReLU
+    # mask (to 9) and the MaxPool input (to 8); pool out 8 B (Flatten in place) is the dense input (to 6);
+    # the logits are the dense's own output (to 6; was 5). Errors: logits 3 B (5..6); the
     # dense backward makes 8 B at the Flatten output, carried through the Flatten backward to the
     # MaxPool (6..8); the MaxPool backward makes 50 B at the ReLU output, carried to the conv (8..10).
     plan = training_plan(conv_net(), ("0.weight", "0.bias", "4.weight", "4.bias"), "uint8")
     assert rows(plan) == {
         "input": ("activation", 25, 0, 10),
-        "0.conv2d.out": ("activation", 50, 0, 9),
+        "0.conv2d.out": ("activation", 50, 0, 10),
         "2.maxpool.out": ("activation", 8, 2, 6),
-        "4.dense.out": ("activation", 3, 4, 5),
+        "4.dense.out": ("activation", 3, 4, 6),
         "err.4.dense.out": ("error", 3, 5, 6),
         "err.3.flatten.out": ("error", 8, 6, 8),
         "err.1.relu.out": ("error", 50, 8, 10),
@@ -215,24 +234,29 @@ def test_conv_net_keeps_maxpool_input_by_hand():
         "4.weight.grad_row": ("gradient", 32, 6, 6),
         "0.weight.row_stats": ("optimizer", 16, 0, 11),
         "4.weight.row_stats": ("optimizer", 24, 0, 11),
-        "0.e_max": ("optimizer", 4, 0, 11),
-        "4.e_max": ("optimizer", 4, 0, 11),
+        "0.e_max": ("optimizer", 8, 0, 11),
+        "4.e_max": ("optimizer", 8, 0, 11),
     }
-    state = 62 + 48
+    state = 62 + 56  # weights 18 + 8 + 24 + 12; optimizer row_stats 16 + 24, e_max 8 + 8
+    # step 6: 25 + 50 + 8 + logits 3 (now alive) + errors 3 + 8 + row 32 = 129 (was 126)
+    # step 8: 25 + 50 + errors 8 + 50 = 133; step 10: input 25 + conv out 50 (now alive) + error 50 + row 36 = 161
     assert per_step(plan) == [75 + state, 75 + state, 83 + state, 83 + state, 86 + state, 89 + state,
-                              126 + state, 83 + state, 133 + state, 125 + state, 111 + state, state]
-    assert (plan.peak_bytes(), plan.peak_step()) == (243, 8)
-    assert step_label(conv_net(), 8) == "backward of layer 2 (maxpool)"
-    assert plan.by_kind() == {"activation": 75, "error": 58, "weights": 62, "optimizer": 48}
+                              129 + state, 83 + state, 133 + state, 125 + state, 161 + state, state]
+    # the peak moves from the MaxPool backward (step 8) to the conv's backward (step 10)
+    assert (plan.peak_bytes(), plan.peak_step()) == (279, 10)
+    assert step_label(conv_net(), 10) == "backward of layer 0 (conv2d)"
+    assert plan.by_kind() == {"activation": 75, "error": 50, "weights": 62, "gradient": 36, "optimizer": 56}
 
 
 def test_conv_net_last_layer_only_is_inference_plus_the_top():
-    # L = 4: the pool output (dense input) is kept to 6; nothing below the dense is kept or gets an error
+    # L = 4: the pool output (dense input) and the logits (the dense's own output) are kept to 6; nothing
+    # below the dense is kept or gets an error
     plan = training_plan(conv_net(), ("4.weight", "4.bias"), "uint8")
     r = rows(plan)
     inf = {b.name: (b.nbytes, b.first, b.last) for b in inference_plan(conv_net()).buffers}
     assert r["input"][1:] == inf["input"] and r["0.conv2d.out"][1:] == inf["0.conv2d.out"]
     assert r["2.maxpool.out"] == ("activation", 8, 2, 6)
+    assert r["4.dense.out"] == ("activation", 3, 4, 6)
     assert [n for n, v in r.items() if v[0] == "error"] == ["err.4.dense.out"]
 
 
@@ -264,7 +288,7 @@ def test_check_training_fits():
     text = str(info.value)
     assert "tinymcu" in text and "step 4" in text and "2.weight.grad_row" in text and "err.2.dense.out" in text
     assert "backward of layer 2" in text
-    assert not info.value.report.ok and info.value.plan.peak_bytes() == 51
+    assert not info.value.report.ok and info.value.plan.peak_bytes() == 57  # test_mlp_last_layer_by_hand
     assert isinstance(info.value, ValueError)
 
     # RAM fits, flash does not: the message still names the peak step and its buffers
@@ -272,7 +296,7 @@ def test_check_training_fits():
     with pytest.raises(DoesNotFit, match=r"noflash[\s\S]*flash[\s\S]*step 4.*2\.weight\.ram"):
         check_training_fits(mlp(), iter(LAST), "uint8", no_flash)
 
-    big = SimpleNamespace(name="bigmcu", sram_bytes=51, flash_bytes=48)
+    big = SimpleNamespace(name="bigmcu", sram_bytes=57, flash_bytes=48)
     report = check_training_fits(mlp(), LAST, "uint8", big)
     assert report.ok and str(report) == "fits on bigmcu"
 

@@ -47,8 +47,12 @@ class Buffer:
     first: int
     last: int
     kind: str = "activation"
+    align: int = 1
+    """Byte alignment its element type needs (4 for int32, 8 for double); used by ``layout``."""
 
     def __post_init__(self) -> None:
+        if self.align not in (1, 2, 4, 8):
+            raise ValueError(f"buffer {self.name!r}: alignment must be 1, 2, 4 or 8, got {self.align!r}")
         if self.kind not in BUFFER_KINDS:
             raise ValueError(f"buffer {self.name!r}: kind must be one of {BUFFER_KINDS}, "
                              f"got {self.kind!r}")
@@ -101,6 +105,32 @@ class MemoryPlan:
             for b in self.live_at(step):
                 out[b.kind] += b.nbytes
         return dict(out)
+
+    def layout(self) -> tuple[dict[str, int], int]:
+        """Byte offsets in one static arena, and the arena's size (what a C build allocates).
+
+        Greedy by size (largest first; ties by first step, then name): each buffer goes to the
+        lowest offset, aligned to its ``align``, that overlaps no placed buffer alive at any of the
+        same steps. The arena is at least ``peak_bytes`` (buffers cannot move once placed) and is
+        rounded up to 8 bytes. Deterministic: the generated C and the ledger read the same numbers.
+        """
+        names = [b.name for b in self.buffers]
+        if len(set(names)) != len(names):
+            raise ValueError("layout needs unique buffer names")
+        placed: list[tuple[Buffer, int]] = []
+        offsets: dict[str, int] = {}
+        for b in sorted(self.buffers, key=lambda b: (-b.nbytes, b.first, b.name)):
+            busy = sorted((o, o + p.nbytes) for p, o in placed
+                          if p.nbytes and b.nbytes and p.first <= b.last and b.first <= p.last)
+            offset = 0
+            for start, end in busy:
+                if offset + b.nbytes <= start:
+                    break
+                offset = max(offset, -(-end // b.align) * b.align)
+            offsets[b.name] = offset
+            placed.append((b, offset))
+        size = max((o + b.nbytes for b, o in placed), default=0)
+        return {n: offsets[n] for n in names}, -(-size // 8) * 8
 
     def with_buffers(self, *buffers: Buffer) -> MemoryPlan:
         return MemoryPlan(self.buffers + tuple(buffers))

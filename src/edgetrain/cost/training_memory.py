@@ -52,7 +52,11 @@ GRAD_BYTES = 4
 """Gradients are int32 accumulators (uint8) or float32 (mixed, float32): 4 B either way."""
 
 STATE_BYTES = 4
-"""One optimizer state value (moving mean/variance, momentum, e_max): float32 or int32."""
+"""One optimizer state value (moving mean/variance, momentum): float32."""
+
+E_MAX_BYTES = 8
+"""A layer's running error maximum for dynamic partial updates: a double, as the reference keeps it
+(the level it is compared with is a double too, so a device that is to match bit for bit needs it)."""
 
 WEIGHTED = (Dense, Conv1d, Conv2d)
 
@@ -60,6 +64,11 @@ WEIGHTED = (Dense, Conv1d, Conv2d)
 def _value_bytes(fmt: Format, precision: str) -> int:
     """Bytes of one activation or parameter value: its deployed format, or 4 B in float32."""
     return 4 if precision == "float32" else bytes_per_value(fmt)
+
+
+def _align(value_bytes: int) -> int:
+    """Alignment for values of this many bytes: the largest of 8, 4, 2, 1 not above it."""
+    return next(a for a in (8, 4, 2, 1) if value_bytes >= a)
 
 
 @dataclass(frozen=True)
@@ -112,14 +121,17 @@ def _activation_buffers(model: DeployedModel, s: _Setup, precision: str, batch: 
     read by the next layer (its consumer). It is kept past the consumer's forward step until
     the backward step of: the consumer, if the consumer's weight is trained (the weight gradient
     needs the input; a bias-only layer does not); an in-place ReLU above ``L`` (its mask); the
-    consumer, if it is a MaxPool above ``L`` (which input won each window). The logits are kept
-    until the loss step ``n``. GlobalAvgPool keeps nothing.
+    consumer, if it is a MaxPool above ``L`` (which input won each window); its maker, if that is
+    a dense/conv layer at or above ``L`` (the backward drops errors that would push a saturated
+    output further out, ``fqt.kernels.saturation_grad``, so it reads the layer's own output). The
+    logits are kept until the loss step ``n`` at least. GlobalAvgPool keeps nothing.
     """
     shapes = model.shapes()
     n = len(model.layers)
     buffers: list[Buffer] = []
     name, first, keep = "input", 0, 0
-    nbytes = math.prod(shapes[0]) * batch * _value_bytes(model.input_fmt, precision)
+    align = _align(_value_bytes(model.input_fmt, precision))
+    nbytes = math.prod(shapes[0]) * batch * align
     for i, layer in enumerate(model.layers):
         if isinstance(layer, IN_PLACE):
             if isinstance(layer, ReLU) and i > s.lowest:
@@ -127,10 +139,12 @@ def _activation_buffers(model: DeployedModel, s: _Setup, precision: str, batch: 
             continue
         needed = (i in s.weight_layers) or (isinstance(layer, MaxPool) and i > s.lowest)
         last = max(i, keep, _backward_step(n, i) if needed else i)
-        buffers.append(Buffer(name, nbytes, first, last, "activation"))
-        name, first, keep = f"{i}.{layer.kind}.out", i, 0
-        nbytes = math.prod(shapes[i + 1]) * batch * _value_bytes(layer.out_fmt, precision)
-    buffers.append(Buffer(name, nbytes, first, max(n, first, keep), "activation"))
+        buffers.append(Buffer(name, nbytes, first, last, "activation", align))
+        name, first = f"{i}.{layer.kind}.out", i
+        keep = _backward_step(n, i) if isinstance(layer, WEIGHTED) and i >= s.lowest else 0
+        align = _align(_value_bytes(layer.out_fmt, precision))
+        nbytes = math.prod(shapes[i + 1]) * batch * align
+    buffers.append(Buffer(name, nbytes, first, max(n, first, keep), "activation", align))
     return buffers
 
 
@@ -152,7 +166,7 @@ def _error_buffers(model: DeployedModel, s: _Setup, precision: str, batch: int) 
         layer = model.layers[j]
         if isinstance(layer, IN_PLACE):
             continue  # never layer L, which has parameters
-        buffers.append(Buffer(name, nbytes, first, _backward_step(n, j), "error"))
+        buffers.append(Buffer(name, nbytes, first, _backward_step(n, j), "error", ERROR_BYTES[precision]))
         if j > s.lowest:
             below = model.layers[j - 1]
             name, first = f"err.{j - 1}.{below.kind}.out", _backward_step(n, j)
@@ -173,22 +187,24 @@ def _state_buffers(model: DeployedModel, s: _Setup, precision: str, accumulate: 
     out: list[Buffer] = []
     for name in s.names:
         t, fmt = model.param(name)
-        out.append(Buffer(f"{name}.ram", t.numel() * _value_bytes(fmt, precision), 0, end, "weights"))
+        size = _value_bytes(fmt, precision)
+        out.append(Buffer(f"{name}.ram", t.numel() * size, 0, end, "weights", _align(size)))
     for name in s.names:
         t, _ = model.param(name)
         if accumulate > 1:
-            out.append(Buffer(f"{name}.grad", t.numel() * GRAD_BYTES, 0, end, "gradient"))
+            out.append(Buffer(f"{name}.grad", t.numel() * GRAD_BYTES, 0, end, "gradient", GRAD_BYTES))
         elif name.endswith(".weight"):
             step = _backward_step(n, int(name.split(".")[0]))
-            out.append(Buffer(f"{name}.grad_row", t[0].numel() * GRAD_BYTES, step, step, "gradient"))
+            out.append(Buffer(f"{name}.grad_row", t[0].numel() * GRAD_BYTES, step, step, "gradient", GRAD_BYTES))
     for name in s.names:
         t, _ = model.param(name)
         if optimizer == "standardize" and name.endswith(".weight"):
-            out.append(Buffer(f"{name}.row_stats", 2 * STATE_BYTES * int(t.shape[0]), 0, end, "optimizer"))
+            out.append(Buffer(f"{name}.row_stats", 2 * STATE_BYTES * int(t.shape[0]), 0, end, "optimizer",
+                              STATE_BYTES))
         if momentum:
-            out.append(Buffer(f"{name}.momentum", t.numel() * STATE_BYTES, 0, end, "optimizer"))
+            out.append(Buffer(f"{name}.momentum", t.numel() * STATE_BYTES, 0, end, "optimizer", STATE_BYTES))
     for i in sorted(s.layers):
-        out.append(Buffer(f"{i}.e_max", STATE_BYTES, 0, end, "optimizer"))
+        out.append(Buffer(f"{i}.e_max", E_MAX_BYTES, 0, end, "optimizer", E_MAX_BYTES))
     return out
 
 
@@ -243,12 +259,16 @@ def step_label(model: DeployedModel, step: int) -> str:
 def training_memory(model: DeployedModel, trained: Iterable[str], precision: str, *, accumulate: int = 1,
                     optimizer: str = "standardize", momentum: bool = False, batch: int = 1) -> dict:
     """Summary of ``training_plan``: peak RAM, the earliest step where it occurs, bytes per kind at
-    that step (every kind in ``TRAINING_KINDS``, 0 if absent), training flash, and every buffer."""
+    that step (every kind in ``TRAINING_KINDS``, 0 if absent), training flash, every buffer, and
+    ``arena_bytes``: the size of the static arena that holds them all at fixed offsets
+    (``MemoryPlan.layout``; what the C export allocates, at least the peak)."""
     plan = training_plan(model, trained, precision, accumulate=accumulate, optimizer=optimizer,
                          momentum=momentum, batch=batch)
     at_peak = plan.by_kind()
+    _, arena = plan.layout()
     return {
         "train_ram_bytes": plan.peak_bytes(),
+        "arena_bytes": arena,
         "peak_step": plan.peak_step(),
         "by_kind": {k: at_peak.get(k, 0) for k in TRAINING_KINDS},
         "flash_bytes": training_flash_bytes(model, precision),

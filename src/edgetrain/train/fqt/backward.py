@@ -39,8 +39,9 @@ from .kernels import (
     relu_grad,
     requant_error,
     sample_channel_error,
+    sample_error_level,
     saturation_grad,
-    softmax_minus_onehot,
+    softmax_minus_onehot_table,
 )
 
 
@@ -127,7 +128,7 @@ def backward_uint8(
         return e_fmts.get(i, error_format())
 
     n_layers = len(model.layers)
-    real_g = softmax_minus_onehot(trace.outputs[-1], model.output_fmt, y)
+    real_g = softmax_minus_onehot_table(trace.outputs[-1], model.output_fmt, y)
     absmax = {n_layers: float(real_g.abs().max()) if real_g.numel() else 0.0}
     e = quantize_error(real_g, fmt_of(n_layers))
     loss_error = e
@@ -148,7 +149,7 @@ def backward_uint8(
             e = saturation_grad(e, ef, trace.outputs[i], layer.out_fmt)
             if i in trained and policy is not None:
                 keep, kept, maxima[i] = partial_mask(sample_channel_error(e, ef), maxima.get(i, 0.0),
-                                                     policy.lam_min, policy.lam_max)
+                                                     policy.lam_min, policy.lam_max, sample_error_level(e, ef))
                 e = prune_error_per_sample(e, ef, keep)
                 rows = torch.nonzero(keep.any(0)).reshape(-1)
             fan_in = layer.weight[0].numel()

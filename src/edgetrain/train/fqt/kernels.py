@@ -71,6 +71,39 @@ def quantize_error(e: torch.Tensor, e_fmt: Affine) -> torch.Tensor:
     return quantize(e, e_fmt)
 
 
+def exp_table(logit_fmt: Affine) -> torch.Tensor:
+    """``exp(-s k)`` for ``k = 0 .. raw_max - raw_min`` (float64), ``s`` the logits' scale.
+
+    The uint8 loss head reads its exponentials from this table instead of calling ``exp``: the
+    logits are raw integers with one scale, so ``exp(real - max) = table[q_max - q]`` exactly as
+    the table holds it. A device (and the generated C) gets the same 256 constants, so the loss
+    error is bit-identical on every target whatever its ``exp`` (a libm ``exp`` differs in the
+    last bit between C libraries and from PyTorch's vectorized one)."""
+    _per_tensor(logit_fmt, "the logit format")
+    s = logit_fmt.scale[0]
+    return torch.tensor([math.exp(-s * k) for k in range(logit_fmt.raw_max - logit_fmt.raw_min + 1)],
+                        dtype=torch.float64)
+
+
+def softmax_minus_onehot_table(logits: torch.Tensor, logit_fmt: Affine, y: torch.Tensor,
+                               table: torch.Tensor | None = None) -> torch.Tensor:
+    """``softmax(logits) - onehot(y)`` of raw logits ``[B, classes]`` with every operation an IEEE
+    double operation in a fixed order (what the C export computes): ``t_c = table[max - q_c]``,
+    ``sum`` over classes left to right, ``p_c = t_c / sum``, minus 1 at the label."""
+    y = torch.as_tensor(y, dtype=torch.int64).reshape(-1)
+    if y.shape[0] != logits.shape[0] or (y.numel() and (int(y.min()) < 0 or int(y.max()) >= logits.shape[1])):
+        raise ValueError(f"labels must be {logits.shape[0]} values in 0..{logits.shape[1] - 1}")
+    table = exp_table(logit_fmt) if table is None else table
+    q = logits.to(torch.int64)
+    t = table[q.max(dim=1, keepdim=True).values - q]
+    total = t[:, 0].clone()
+    for c in range(1, t.shape[1]):  # left to right, as the device sums
+        total = total + t[:, c]
+    g = t / total[:, None]
+    g[torch.arange(y.shape[0]), y] -= 1.0
+    return g
+
+
 def softmax_ce_error(logits: torch.Tensor, logit_fmt: Affine, y: torch.Tensor, e_fmt: Affine) -> torch.Tensor:
     """The loss head: ``softmax(logits) - onehot(y)`` from raw uint8 logits (float per-element
     temporaries), quantized to ``e_fmt``. Returns raw ``[B, classes]``."""
@@ -264,24 +297,44 @@ def dynamic_k(e_mean: float, e_max: float, n: int, lam_min: float, lam_max: floa
 
 
 def sample_channel_error(e: torch.Tensor, e_fmt: Affine) -> torch.Tensor:
-    """Mean |error| per sample and output channel over positions, in real units (float, ``[B, C]``)."""
-    ec = _centred(e, e_fmt).abs()
-    return ec.reshape(ec.shape[0], ec.shape[1], -1).mean(2) * e_fmt.scale[0]
+    """Mean |error| per sample and output channel over positions, in real units (float, ``[B, C]``):
+    the exact integer sum of ``|e - z_e|``, divided by the positions, times the scale (in that
+    order, so the C export gets the same doubles)."""
+    sums, positions = sample_channel_abs_sum(e, e_fmt)
+    return sums.to(torch.float64) / positions * e_fmt.scale[0]
 
 
-def partial_mask(scores: torch.Tensor, e_max: float, lam_min: float, lam_max: float
-                 ) -> tuple[torch.Tensor, torch.Tensor, float]:
+def sample_channel_abs_sum(e: torch.Tensor, e_fmt: Affine) -> tuple[torch.Tensor, int]:
+    """Exact integer sums of ``|e - z_e|`` per sample and output channel (int64 ``[B, C]``) and the
+    number of positions each sum runs over."""
+    _per_tensor(e_fmt, "an error format")
+    ec = (e.to(torch.int64) - e_fmt.zero_point[0]).abs()
+    return ec.reshape(ec.shape[0], ec.shape[1], -1).sum(2), math.prod(e.shape[2:])
+
+
+def sample_error_level(e: torch.Tensor, e_fmt: Affine) -> torch.Tensor:
+    """Each sample's mean |error| over channels and positions in real units (``[B]``): the exact
+    integer total divided by ``channels * positions``, times the scale."""
+    sums, positions = sample_channel_abs_sum(e, e_fmt)
+    return sums.sum(1).to(torch.float64) / (positions * e.shape[1]) * e_fmt.scale[0]
+
+
+def partial_mask(scores: torch.Tensor, e_max: float, lam_min: float, lam_max: float,
+                 levels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, float]:
     """Dynamic partial updates for a batch, one sample after another as the device does them.
 
     ``scores`` is ``[B, C]``: each sample's mean |error| per output channel (real units). Sample ``b``'s
     level is its mean over channels; the running maximum ``e_max`` takes it in first, then
     ``k_b = dynamic_k(level_b, e_max_b, C, lam_min, lam_max)`` channels with the largest scores are
     kept (ties keep the lower index). Returns the keep mask ``[B, C]``, ``k`` ``[B]`` and the new
-    running maximum.
+    running maximum. ``levels`` (``[B]``) replaces the mean of the scores as each sample's level
+    (the uint8 backward passes ``sample_error_level``, computed from exact integer sums).
     """
     scores = scores.to(torch.float64)
     b, c = scores.shape
-    levels = scores.mean(1) if c else torch.zeros(b, dtype=torch.float64)
+    if levels is None:
+        levels = scores.mean(1) if c else torch.zeros(b, dtype=torch.float64)
+    levels = levels.to(torch.float64)
     running = torch.cummax(torch.cat([torch.tensor([float(e_max)], dtype=torch.float64), levels]), 0).values[1:]
     if not (0.0 <= lam_min <= lam_max <= 1.0):
         raise ValueError(f"need 0 <= lam_min <= lam_max <= 1, got {lam_min}, {lam_max}")
@@ -322,4 +375,5 @@ __all__ = ["ACC_MAX", "ACC_MIN", "bias_grad", "channel_error", "conv_input_acc",
            "conv_weight_grad", "dense_input_acc", "dense_input_grad", "dense_weight_grad", "dynamic_k",
            "error_format", "global_avg_pool_acc", "global_avg_pool_grad", "maxpool_grad", "partial_mask",
            "prune_error", "prune_error_per_sample", "quantize_error", "relu_grad", "requant_error", "saturation_grad",
-           "sample_channel_error", "softmax_ce_error", "softmax_minus_onehot", "top_k_rows"]
+           "sample_channel_abs_sum", "sample_channel_error", "sample_error_level", "softmax_ce_error",
+           "softmax_minus_onehot", "softmax_minus_onehot_table", "exp_table", "top_k_rows"]
