@@ -143,6 +143,24 @@ def build_parser() -> argparse.ArgumentParser:
     fq.add_argument("--out", default="runs/fqt-demo", help="directory for fqt_demo.json, CSV and PNG")
     fq.add_argument("--no-progress", action="store_true")
 
+    ec = sub.add_parser("export-c", help="generate C that runs and trains a saved uint8 model on a Cortex-M")
+    ec.add_argument("model", help="a model file saved by 'edgetrain pretrain --format uint8'")
+    ec.add_argument("--train", choices=("fqt",), default="fqt",
+                    help="on-device training method compiled in: fqt (fully quantized training, SGD)")
+    ec.add_argument("--layers", default="last:2", help="trained parameters: last:K, bias:last:K, all, or indices")
+    ec.add_argument("--update-rate", type=float, default=0.1,
+                    help="dynamic partial updates: at most this fraction of rows/filters per sample (1 = all)")
+    ec.add_argument("--lr", type=float, default=0.1, help="SGD learning rate")
+    ec.add_argument("--batch", type=_positive, default=8, help="samples per update (gradient accumulation)")
+    ec.add_argument("--device", default="cortex-m4", help="device profile: its SRAM bounds the arena; "
+                    "cortex-m0+/m4/m7 pick the emulated CPU")
+    ec.add_argument("--check", default="host", choices=("none", "host", "target", "both"),
+                    help="run the C on the host (gcc) and/or the emulated Cortex-M (QEMU) against Python")
+    ec.add_argument("--steps", type=_positive, default=50, help="training steps of the check")
+    ec.add_argument("--data-dir", help="directory with the model's dataset files, for the check samples")
+    ec.add_argument("--out", default="runs/export-c", help="directory for the generated C files")
+    _common(ec, device=False)
+
     v = sub.add_parser("devices", help="list device profiles with their numbers")
     _common(v, device=False)
     return ap
@@ -152,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return _dispatch(args)
-    except (ValueError, TypeError, OSError, KeyError, ArithmeticError) as e:
+    except (ValueError, TypeError, OSError, KeyError, ArithmeticError, RuntimeError) as e:
         print(f"edgetrain {args.command}: error: {e}", file=sys.stderr)
         return 2
 
@@ -223,6 +241,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         recs = run_fqt_demo(cfg)
         if args.json_path:
             write_json(args.json_path, recs)
+    elif args.command == "export-c":
+        from .experiments.export_c import export_c
+
+        export_c(args.model, args.out, layers=args.layers, update_rate=args.update_rate, lr=args.lr,
+                 batch=args.batch, device=args.device, check_mode=args.check, steps=args.steps, seed=args.seed,
+                 data_dir=args.data_dir, json_path=args.json_path)
     elif args.command == "devices":
         from .device import device_table
         from .report import print_table, write_json

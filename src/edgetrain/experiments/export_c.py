@@ -1,0 +1,146 @@
+"""What ``edgetrain export-c`` does: write the C library for a saved model, and optionally prove it.
+
+``export_c`` builds the ``FQTTrainer`` configuration from the options, refuses one that does not
+fit the device (the training memory planner's ledger says why), writes the C files
+(``export.generate.export_fqt``), and with ``check`` runs the generated code on training samples of
+the model's own dataset: on the host (``gcc``, with ``sanitize`` under ASan/UBSan) and/or on the
+device's emulated Cortex-M (``qemu-system-arm``), comparing every logit, weight, bias and format
+byte for byte with the Python reference. On the target it also reports code size, static RAM
+against the planner's arena, and instructions executed per phase (``measure_phases``).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from ..cost.training_memory import check_training_fits
+from ..data import load_dataset
+from ..device import get_device
+from ..export import check, toolchain
+from ..export.generate import Export, export_fqt
+from ..model import DeployedModel
+from ..model.forward import quantize_input
+from ..model.io import load_model
+from ..report import make_record, print_table, write_json
+from ..train.fqt.optimizer import Optimizer
+from ..train.fqt.trainer import FQTTrainer
+
+CHECKS = ("none", "host", "target", "both")
+
+FORWARD = ("et_dense_fwd", "et_conv_fwd", "et_relu_fwd", "et_maxpool_fwd", "et_gap_fwd")
+BACKWARD = ("et_loss_error", "et_saturate", "et_select_rows", "et_relu_bwd", "et_maxpool_bwd", "et_gap_bwd",
+            "et_dense_grad_row", "et_conv_grad_row", "et_dense_bwd_input", "et_conv_bwd_input")
+UPDATE = ("et_update_layer",)
+
+
+def fqt_trainer(layers: str = "last:2", update_rate: float = 0.1, lr: float = 0.1, batch: int = 8,
+                device: str | None = None) -> FQTTrainer:
+    """The uint8 FQT configuration the C export implements: SGD, fixed ranges, dynamic partial
+    updates at most ``update_rate`` (1 = every row, every step)."""
+    if not (0.0 < update_rate <= 1.0):
+        raise ValueError(f"--update-rate must lie in (0, 1], got {update_rate}")
+    lam_min = 1.0 if update_rate == 1.0 else 0.0
+    return FQTTrainer(precision="uint8", params=layers, lam_min=lam_min, lam_max=update_rate,
+                      optimizer=Optimizer("sgd", lr=lr), batch=batch, device=device)
+
+
+def check_samples(model: DeployedModel, steps: int, per_step: int, probes: int = 4, seed: int = 0,
+                  data_dir: str | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Raw training samples (``steps * per_step``) and probe inputs from the model's own dataset."""
+    name = model.meta.get("dataset")
+    if not name:
+        raise ValueError("the model does not record its dataset; it is needed for the check samples")
+    ds = load_dataset(name, data_dir=data_dir, seed=int(model.meta.get("split_seed", seed)),
+                      ts_pad="edge" if str(name).startswith("ts:") else None)
+    n = steps * per_step
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, ds.train.x.shape[0], (n,), generator=g)
+    x = quantize_input(model, ds.train.x[idx])
+    y = ds.train.y[idx]
+    return x, y, quantize_input(model, ds.test.x[:probes])
+
+
+def measure_phases(counts: dict[str, int]) -> dict[str, int]:
+    """Instructions per phase from the plugin's per-function counts: the named forward, backward
+    and update kernels (each function's own instructions; the double-precision support routines
+    they call are counted apart, as ``float_support``)."""
+    phases = {"forward": sum(counts.get(f, 0) for f in FORWARD),
+              "backward": sum(counts.get(f, 0) for f in BACKWARD),
+              "update": sum(counts.get(f, 0) for f in UPDATE)}
+    phases["float_support"] = sum(v for k, v in counts.items() if k.startswith(("__aeabi", "__", "floor", "rint",
+                                                                                 "frexp", "fabs")))
+    phases["total"] = counts.get("[total]", sum(counts.values()))
+    return phases
+
+
+def export_c(model_path: str, out: str, layers: str = "last:2", update_rate: float = 0.1, lr: float = 0.1,
+             batch: int = 8, device: str = "cortex-m4", check_mode: str = "host", steps: int = 50, seed: int = 0,
+             data_dir: str | None = None, json_path: str | None = None) -> dict:
+    """Export, check and report; returns the result record (module docstring)."""
+    if check_mode not in CHECKS:
+        raise ValueError(f"--check must be one of {CHECKS}, got {check_mode!r}")
+    if steps < 1:
+        raise ValueError(f"--steps must be at least 1, got {steps}")
+    t0 = time.perf_counter()
+    dev = get_device(device)
+    model = load_model(model_path)
+    trainer = fqt_trainer(layers, update_rate, lr, batch)
+    names = trainer.writes(model)
+    check_training_fits(model, names, "uint8", dev, accumulate=batch, optimizer="sgd")
+    export = export_fqt(model, trainer, out)
+    sram = getattr(dev, "sram_bytes", None)
+    if sram is not None and export.arena_bytes > sram:
+        raise ValueError(f"the training arena ({export.arena_bytes:,} B) does not fit {dev.name}'s "
+                         f"{sram:,} B of SRAM")
+    row = {"out": str(export.out_dir), "trained layers": ",".join(map(str, export.trained)),
+           "arena bytes": export.arena_bytes, "peak bytes": export.manifest["peak_bytes"],
+           f"{dev.name} SRAM": sram}
+    result: dict = {"arena_bytes": export.arena_bytes, "peak_bytes": export.manifest["peak_bytes"]}
+    if check_mode != "none":
+        x, y, probes = check_samples(model, steps, batch, seed=seed, data_dir=data_dir)
+        data = check.encode_input(x, y, batch, probes)
+        want = check.reference_output(model, trainer, x, y, batch, probes, seed=seed)
+        if check_mode in ("host", "both"):
+            got = check.run_host(export, data)
+            result["host"] = _verdict(model, export, want, got, steps, batch, probes.shape[0])
+            row["host check"] = result["host"]
+        if check_mode in ("target", "both"):
+            cpu = toolchain.cpu_for_device(device)
+            run = check.run_target(export, data, cpu, plugin=True, ram_bytes=sram or toolchain.BOARD_RAM_BYTES)
+            result["target"] = _verdict(model, export, want, run.output, steps, batch, probes.shape[0])
+            result["target_cpu"] = cpu
+            result["size"] = run.size
+            result["arena_symbol_bytes"] = run.arena_symbol_bytes
+            result["phases"] = measure_phases(run.counts or {})
+            result["instructions"] = run.counts
+            row.update({f"{cpu} check": result["target"], "code bytes": run.size.get("text"),
+                        "static RAM bytes": run.size.get("ram"), "arena symbol bytes": run.arena_symbol_bytes})
+    print_table([{"item": k, "value": v} for k, v in row.items()], title=f"C export of {Path(model_path).name} (uint8 FQT, SGD, {trainer.rate_tag}, "
+                             f"batch {batch})")
+    if "phases" in result:
+        forwards = 2 * steps * batch + steps * 4  # predictions before each step, training forwards, probes
+        print_table([{"phase": k, "instructions": v,
+                      "per forward" if k == "forward" else "": (v / forwards) if k == "forward" else None}
+                     for k, v in result["phases"].items()], title=f"instructions on {result['target_cpu']}")
+    rec = make_record(method=f"fqt-uint8-{trainer.rate_tag}", dataset=model.meta.get("dataset"),
+                      model=model.meta.get("arch"), fmt="uint8", shift="none", device=dev.name, seed=seed,
+                      accuracy={"clean": None, "shifted": None, "final": None, "reference": None},
+                      ledger={"wall_s": time.perf_counter() - t0}, export=result, params=list(names),
+                      manifest=export.manifest)
+    if json_path:
+        write_json(json_path, rec)
+    if any(result.get(k, "bit-exact").startswith("MISMATCH") for k in ("host", "target")):
+        raise ArithmeticError("the generated C differs from the Python reference; see the table above")
+    return rec
+
+
+def _verdict(model: DeployedModel, export: Export, want: bytes, got: bytes, steps: int, per_step: int,
+             n_probe: int) -> str:
+    m = check.compare(model, export, want, got, steps, per_step, n_probe)
+    return f"bit-exact over {steps} steps ({len(got):,} B)" if m is None else f"MISMATCH at {m}"
+
+
+__all__ = ["CHECKS", "check_samples", "export_c", "fqt_trainer", "measure_phases"]
