@@ -118,8 +118,8 @@ def export_c(model_path: str, out: str, layers: str = "last:2", update_rate: flo
             result["instructions"] = run.counts
             row.update({f"{cpu} check": result["target"], "code bytes": run.size.get("text"),
                         "static RAM bytes": run.size.get("ram"), "arena symbol bytes": run.arena_symbol_bytes})
-    print_table([{"item": k, "value": v} for k, v in row.items()], title=f"C export of {Path(model_path).name} (uint8 FQT, SGD, {trainer.rate_tag}, "
-                             f"batch {batch})")
+    title = f"C export of {Path(model_path).name} (uint8 FQT, SGD, {trainer.rate_tag}, batch {batch})"
+    print_table([{"item": k, "value": v} for k, v in row.items()], title=title)
     if "phases" in result:
         forwards = 2 * steps * batch + steps * 4  # predictions before each step, training forwards, probes
         print_table([{"phase": k, "instructions": v,
