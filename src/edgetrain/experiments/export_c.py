@@ -31,8 +31,10 @@ from ..train.fqt.trainer import FQTTrainer
 CHECKS = ("none", "host", "target", "both")
 
 FORWARD = ("et_dense_fwd", "et_conv_fwd", "et_relu_fwd", "et_maxpool_fwd", "et_gap_fwd")
+BACKWARD_MAC = ("et_dense_grad_row", "et_conv_grad_row", "et_dense_bwd_input", "et_conv_bwd_input")
+"""The backward kernels that do the MACs the ledger counts (weight gradients, input errors)."""
 BACKWARD = ("et_loss_error", "et_saturate", "et_select_rows", "et_relu_bwd", "et_maxpool_bwd", "et_gap_bwd",
-            "et_dense_grad_row", "et_conv_grad_row", "et_dense_bwd_input", "et_conv_bwd_input")
+            *BACKWARD_MAC)
 UPDATE = ("et_update_layer",)
 
 
@@ -143,4 +145,5 @@ def _verdict(model: DeployedModel, export: Export, want: bytes, got: bytes, step
     return f"bit-exact over {steps} steps ({len(got):,} B)" if m is None else f"MISMATCH at {m}"
 
 
-__all__ = ["CHECKS", "check_samples", "export_c", "fqt_trainer", "measure_phases"]
+__all__ = ["BACKWARD", "BACKWARD_MAC", "CHECKS", "FORWARD", "UPDATE", "check_samples", "export_c", "fqt_trainer",
+           "measure_phases"]
