@@ -1,0 +1,1 @@
+"""Export a deployed model as C (inference and on-device training)."""
