@@ -85,24 +85,226 @@ void et_affine_from_range(double lo, double hi, double *scale, int32_t *zp)
     *zp = (int32_t)(z < 0.0 ? 0.0 : z > 255.0 ? 255.0 : z);
 }
 
+/* et_requant with its parameters prepared once per kernel call. The usual case, a multiplier
+ * m > 1 with 32 <= shift <= 62, keeps the high word of the 64-bit product: (v + 2**(shift-1)) >>
+ * shift = ((v + 2**(shift-1)) >> 32) >> (shift - 32), the same floor (one SMLAL and a shift on
+ * the M4); other cases call et_requant. */
+typedef struct {
+    int64_t round;
+    int32_t m, shift, zp, fast;
+} et_rq;
+
+static inline et_rq et_rq_make(int32_t m, int32_t shift, int32_t zp)
+{
+    et_rq q;
+    q.fast = m != 1 && shift >= 32 && shift <= 62;
+    q.round = q.fast ? (int64_t)1 << (shift - 1) : 0;
+    q.m = m, q.shift = shift, q.zp = zp;
+    return q;
+}
+
+static inline uint8_t et_rq_apply(const et_rq *q, uint32_t acc)
+{
+    if (!q->fast) return et_requant((int32_t)acc, q->m, q->shift, q->zp);
+    const int64_t v = (int64_t)(int32_t)acc * q->m + q->round;
+    const int32_t r = ((int32_t)(v >> 32) >> (q->shift - 32)) + q->zp;
+    return (uint8_t)(r < 0 ? 0 : r > 255 ? 255 : r);
+}
+
+/* -- dot products shared by the dense and convolution kernels ----------------------------------
+ *
+ * A sum of products sum (p - zp)(q - zq) is computed as sum c q - zq sum c with c = p - zp (0 in
+ * a padding): the kernels gather c into a small int16 stack buffer (each c in [-255, 255]) and
+ * keep q as raw uint8 bytes. Every sum is taken modulo 2**32 (uint32 arithmetic, or SMLAD, which
+ * wraps), so a wrapping reference sum gives the same bits, and an exact one the same number.
+ *
+ * With the DSP extension (Cortex-M4/M7) one (possibly unaligned) word load fetches four uint8
+ * operands, UXTB16 splits them into the halfword pairs (q0, q2) and (q1, q3), and SMLAD multiplies
+ * each pair with a word of two int16 c and adds both products: 4 MACs in 2 SMLADs. For that the
+ * int16 buffer is stored swizzled in groups of four, [c0 c2 c1 c3] (et_swizzle); a length that is
+ * not a multiple of 4 leaves a tail in plain order. The portable path (host, Cortex-M0+) keeps the
+ * plain order and computes the same sums in C. */
+
+/* Keep GCC from turning the short zero fills of the gather loops into memset calls. */
+#if defined(__GNUC__) && !defined(__clang__)
+#define ET_NO_MEMSET __attribute__((optimize("no-tree-loop-distribute-patterns")))
+#else
+#define ET_NO_MEMSET
+#endif
+
+#define ET_COL 128 /* int16 entries of a gathered operand (stack buffers of at most 2 x 256 bytes) */
+
+#if defined(__ARM_FEATURE_DSP)
+#include <arm_acle.h>
+
+/* UXTB16 with ROR #8: bytes 1 and 3 zero-extended into two halfwords (GCC 12's arm_acle.h has
+ * no __ror, and a separate rotate would cost one more instruction per word). */
+static inline int32_t et_uxtb16_odd(uint32_t v)
+{
+    uint32_t r;
+    __asm__("uxtb16 %0, %1, ror #8" : "=r"(r) : "r"(v));
+    return (int32_t)r;
+}
+
+static inline uint32_t et_load32(const void *p) /* one LDR; the M4/M7 allow unaligned ones */
+{
+    uint32_t v;
+    memcpy(&v, p, 4);
+    return v;
+}
+#endif
+
+/* [c0 c1 c2 c3] -> [c0 c2 c1 c3] in each of the first n4 / 4 groups (DSP order; else a no-op). */
+static inline void et_swizzle(int16_t *c, int n4)
+{
+#if defined(__ARM_FEATURE_DSP)
+    for (int k = 0; k < n4; k += 4) {
+        const int16_t t = c[k + 1];
+        c[k + 1] = c[k + 2];
+        c[k + 2] = t;
+    }
+#else
+    (void)c;
+    (void)n4;
+#endif
+}
+
+/* s[2 i + j] = sum_k c_j[k] u_i[k] (mod 2**32), k < n: two gathered int16 vectors (swizzled) against
+ * two uint8 vectors, each load used twice. */
+static inline void et_dot_2x2(const int16_t *c0, const int16_t *c1, const uint8_t *u0, const uint8_t *u1, int n,
+                              uint32_t s[4])
+{
+    int k = 0;
+    uint32_t s00 = 0, s01 = 0, s10 = 0, s11 = 0;
+#if defined(__ARM_FEATURE_DSP)
+    int32_t a00 = 0, a01 = 0, a10 = 0, a11 = 0;
+    for (; k + 4 <= n; k += 4) {
+        const uint32_t p = et_load32(u0 + k), q = et_load32(u1 + k);
+        const int32_t pe = (int32_t)__uxtb16(p), po = et_uxtb16_odd(p);
+        const int32_t qe = (int32_t)__uxtb16(q), qo = et_uxtb16_odd(q);
+        const int32_t c0e = (int32_t)et_load32(c0 + k), c0o = (int32_t)et_load32(c0 + k + 2);
+        const int32_t c1e = (int32_t)et_load32(c1 + k), c1o = (int32_t)et_load32(c1 + k + 2);
+        a00 = __smlad(pe, c0e, a00);
+        a00 = __smlad(po, c0o, a00);
+        a01 = __smlad(pe, c1e, a01);
+        a01 = __smlad(po, c1o, a01);
+        a10 = __smlad(qe, c0e, a10);
+        a10 = __smlad(qo, c0o, a10);
+        a11 = __smlad(qe, c1e, a11);
+        a11 = __smlad(qo, c1o, a11);
+    }
+    s00 = (uint32_t)a00, s01 = (uint32_t)a01, s10 = (uint32_t)a10, s11 = (uint32_t)a11;
+#endif
+    for (; k < n; k++) {
+        s00 += (uint32_t)(c0[k] * u0[k]);
+        s01 += (uint32_t)(c1[k] * u0[k]);
+        s10 += (uint32_t)(c0[k] * u1[k]);
+        s11 += (uint32_t)(c1[k] * u1[k]);
+    }
+    s[0] = s00, s[1] = s01, s[2] = s10, s[3] = s11;
+}
+
+/* s[i] = sum_k c[k] u_i[k] (mod 2**32), k < n: one gathered int16 vector (swizzled) against two
+ * uint8 vectors. */
+static inline void et_dot_1x2(const int16_t *c, const uint8_t *u0, const uint8_t *u1, int n, uint32_t s[2])
+{
+    int k = 0;
+    uint32_t s0 = 0, s1 = 0;
+#if defined(__ARM_FEATURE_DSP)
+    int32_t a0 = 0, a1 = 0;
+    for (; k + 4 <= n; k += 4) {
+        const uint32_t p = et_load32(u0 + k), q = et_load32(u1 + k);
+        const int32_t ce = (int32_t)et_load32(c + k), co = (int32_t)et_load32(c + k + 2);
+        a0 = __smlad((int32_t)__uxtb16(p), ce, a0);
+        a0 = __smlad(et_uxtb16_odd(p), co, a0);
+        a1 = __smlad((int32_t)__uxtb16(q), ce, a1);
+        a1 = __smlad(et_uxtb16_odd(q), co, a1);
+    }
+    s0 = (uint32_t)a0, s1 = (uint32_t)a1;
+#endif
+    for (; k < n; k++) {
+        s0 += (uint32_t)(c[k] * u0[k]);
+        s1 += (uint32_t)(c[k] * u1[k]);
+    }
+    s[0] = s0, s[1] = s1;
+}
+
 /* -- forward (edgetrain.model.forward.layer_forward_int) -------------------------------------- */
 
-/* Dense: y = requant(sum (x - zx)(w - zw) + b), 32-bit accumulator that wraps. */
+/* Dense: y = requant(sum (x - zx)(w - zw) + b), 32-bit accumulator that wraps. Expanded as
+ * b + sum x w - zx sum w - zw sum x + n zx zw (mod 2**32, the same bits), two rows at a time: the
+ * raw products need no buffer, and USADA8 adds four weight bytes in one instruction. */
 ET_NOINLINE void et_dense_fwd(const uint8_t *x, int32_t zx, const uint8_t *w, int32_t zw, const int32_t *b,
                               int n_in, int n_out, int32_t m, int32_t shift, int32_t zy, uint8_t *y)
 {
-    for (int o = 0; o < n_out; o++) {
-        const uint8_t *row = w + (int32_t)o * n_in;
-        uint32_t acc = (uint32_t)b[o];
-        for (int k = 0; k < n_in; k++)
-            acc += (uint32_t)(((int32_t)x[k] - zx) * ((int32_t)row[k] - zw));
-        y[o] = et_requant((int32_t)acc, m, shift, zy);
+    uint32_t sx = 0;
+    for (int k = 0; k < n_in; k++) sx += x[k];
+    const uint32_t base = (uint32_t)n_in * (uint32_t)zx * (uint32_t)zw - (uint32_t)zw * sx;
+    const et_rq rq = et_rq_make(m, shift, zy);
+    for (int o = 0; o < n_out; o += 2) {
+        const uint8_t *r0 = w + (int32_t)o * n_in, *r1 = o + 1 < n_out ? r0 + n_in : r0;
+        uint32_t s0 = 0, s1 = 0, w0 = 0, w1 = 0; /* sum x w and sum w of rows o, o + 1 */
+        int k = 0;
+#if defined(__ARM_FEATURE_DSP)
+        int32_t a0 = 0, a1 = 0;
+        for (; k + 4 <= n_in; k += 4) {
+            const uint32_t v = et_load32(x + k), p = et_load32(r0 + k), q = et_load32(r1 + k);
+            const int32_t ve = (int32_t)__uxtb16(v), vo = et_uxtb16_odd(v);
+            a0 = __smlad(ve, (int32_t)__uxtb16(p), a0);
+            a0 = __smlad(vo, et_uxtb16_odd(p), a0);
+            a1 = __smlad(ve, (int32_t)__uxtb16(q), a1);
+            a1 = __smlad(vo, et_uxtb16_odd(q), a1);
+            w0 = __usada8(p, 0, w0);
+            w1 = __usada8(q, 0, w1);
+        }
+        s0 = (uint32_t)a0, s1 = (uint32_t)a1;
+#endif
+        for (; k < n_in; k++) {
+            s0 += (uint32_t)x[k] * r0[k], w0 += r0[k];
+            s1 += (uint32_t)x[k] * r1[k], w1 += r1[k];
+        }
+        y[o] = et_rq_apply(&rq, (uint32_t)b[o] + base + s0 - (uint32_t)zx * w0);
+        if (o + 1 < n_out) y[o + 1] = et_rq_apply(&rq, (uint32_t)b[o + 1] + base + s1 - (uint32_t)zx * w1);
     }
 }
 
-/* Conv2d / Conv1d (H = 1): cross-correlation with zero padding (the real value 0). */
-ET_NOINLINE void et_conv_fwd(const et_layer *d, const uint8_t *x, const uint8_t *w, int32_t zw, const int32_t *b,
-                             int32_t m, int32_t shift, uint8_t *y)
+/* The receptive field of output position (oy, ox) minus the input zero point, 0 in the padding (the
+ * real value 0), in the weight order [ci][ky][kx]; returns its sum. */
+ET_NO_MEMSET static int32_t et_im2col(const et_layer *d, const uint8_t *x, int oy, int ox, int16_t *col)
+{
+    const int ih = d->in_h, iw = d->in_w, kh = d->kh, kw = d->kw;
+    const int y0 = oy * d->sh - d->ph, x0 = ox * d->sw - d->pw;
+    /* the taps inside the input: ky in [ky0, ky1), kx in [kx0, kx1) */
+    const int ky0 = y0 < 0 ? (-y0 < kh ? -y0 : kh) : 0, kx0 = x0 < 0 ? (-x0 < kw ? -x0 : kw) : 0;
+    int ky1 = ih - y0 < kh ? ih - y0 : kh, kx1 = iw - x0 < kw ? iw - x0 : kw;
+    if (ky1 < ky0) ky1 = ky0;
+    if (kx1 < kx0) kx1 = kx0;
+    const int32_t zx = d->in_zp;
+    int32_t sum = 0;
+    for (int ci = 0; ci < d->in_c; ci++) {
+        const uint8_t *xc = x + (int32_t)ci * ih * iw;
+        for (int ky = 0; ky < kh; ky++) {
+            if (ky < ky0 || ky >= ky1) {
+                for (int kx = 0; kx < kw; kx++) *col++ = 0;
+                continue;
+            }
+            const uint8_t *xr = xc + (y0 + ky) * iw;
+            int kx = 0;
+            for (; kx < kx0; kx++) *col++ = 0;
+            for (; kx < kx1; kx++) {
+                const int32_t v = (int32_t)xr[x0 + kx] - zx;
+                sum += v;
+                *col++ = (int16_t)v;
+            }
+            for (; kx < kw; kx++) *col++ = 0;
+        }
+    }
+    return sum;
+}
+
+/* Conv2d / Conv1d (H = 1) without a gather buffer (fan-in above ET_COL): the reference loop. */
+static void et_conv_fwd_direct(const et_layer *d, const uint8_t *x, const uint8_t *w, int32_t zw, const int32_t *b,
+                               int32_t m, int32_t shift, uint8_t *y)
 {
     const int ci_n = d->in_c, ih = d->in_h, iw = d->in_w, kh = d->kh, kw = d->kw;
     const int32_t zx = d->in_zp;
@@ -127,6 +329,49 @@ ET_NOINLINE void et_conv_fwd(const et_layer *d, const uint8_t *x, const uint8_t 
                     }
                 }
                 y[((int32_t)co * d->out_h + oy) * d->out_w + ox] = et_requant((int32_t)acc, m, shift, d->out_zp);
+            }
+        }
+    }
+}
+
+/* Conv2d / Conv1d (H = 1): cross-correlation with zero padding (the real value 0), 32-bit
+ * accumulator that wraps. Two output positions at a time are gathered (et_im2col, c = x - zx) and
+ * every pair of filters is run over both: acc = b + sum c w - zw sum c (mod 2**32). */
+ET_NOINLINE void et_conv_fwd(const et_layer *d, const uint8_t *x, const uint8_t *w, int32_t zw, const int32_t *b,
+                             int32_t m, int32_t shift, uint8_t *y)
+{
+    const int32_t fan = (int32_t)d->in_c * d->kh * d->kw, np = (int32_t)d->out_h * d->out_w;
+    const int co_n = d->out_c, ow = d->out_w;
+    const int32_t zy = d->out_zp;
+    if (fan > ET_COL) {
+        et_conv_fwd_direct(d, x, w, zw, b, m, shift, y);
+        return;
+    }
+    const et_rq rq = et_rq_make(m, shift, zy);
+    int16_t col[2][ET_COL];
+    int oy = 0, ox = 0;
+    for (int32_t p = 0; p < np; p += 2) {
+        const int two = p + 1 < np; /* an odd last position runs alone (its column used twice) */
+        uint32_t sum0 = (uint32_t)et_im2col(d, x, oy, ox, col[0]), sum1 = sum0;
+        if (++ox == ow) ox = 0, oy++;
+        if (two) {
+            sum1 = (uint32_t)et_im2col(d, x, oy, ox, col[1]);
+            if (++ox == ow) ox = 0, oy++;
+            et_swizzle(col[1], fan & ~3);
+        }
+        et_swizzle(col[0], fan & ~3);
+        const int16_t *c1 = two ? col[1] : col[0];
+        for (int co = 0; co < co_n; co += 2) {
+            const int pair = co + 1 < co_n; /* an odd last filter runs twice */
+            const uint8_t *w0 = w + co * fan;
+            uint32_t s[4];
+            et_dot_2x2(col[0], c1, w0, pair ? w0 + fan : w0, fan, s);
+            uint8_t *yo = y + co * np + p;
+            yo[0] = et_rq_apply(&rq, (uint32_t)b[co] + s[0] - (uint32_t)zw * sum0);
+            if (two) yo[1] = et_rq_apply(&rq, (uint32_t)b[co] + s[1] - (uint32_t)zw * sum1);
+            if (pair) {
+                yo[np] = et_rq_apply(&rq, (uint32_t)b[co + 1] + s[2] - (uint32_t)zw * sum0);
+                if (two) yo[np + 1] = et_rq_apply(&rq, (uint32_t)b[co + 1] + s[3] - (uint32_t)zw * sum1);
             }
         }
     }
@@ -266,52 +511,167 @@ ET_NOINLINE int et_select_rows(uint8_t *e, int rows, int32_t positions, int32_t 
     return n;
 }
 
-/* dense_weight_grad for one row: g[k] (+)= (e_r - ze)(a_k - za). */
+/* dense_weight_grad for one row: g[k] (+)= (e_r - ze)(a_k - za), as er a_k + c with c = -er za
+ * (the same exact product). */
 ET_NOINLINE void et_dense_grad_row(int32_t er, const uint8_t *a, int32_t za, int n_in, int32_t *g, int add)
 {
+    const int32_t c = -er * za;
     if (add)
-        for (int k = 0; k < n_in; k++) g[k] += er * ((int32_t)a[k] - za);
+        for (int k = 0; k < n_in; k++) g[k] += er * a[k] + c;
     else
-        for (int k = 0; k < n_in; k++) g[k] = er * ((int32_t)a[k] - za);
+        for (int k = 0; k < n_in; k++) g[k] = er * a[k] + c;
+}
+
+/* The errors (minus ze) that tap (ky, kx) of one filter meets at the flat input positions
+ * f = s .. s + len - 1 of an input channel (f = iy * iw + ix), 0 where the tap meets no output
+ * position there; returns their sum. */
+ET_NO_MEMSET static int32_t et_tap_errors(const et_layer *d, const uint8_t *e_row, int32_t ze, int ky, int kx, int32_t s, int len,
+                             int16_t *c)
+{
+    const int iw = d->in_w, oh = d->out_h, ow = d->out_w, sh = d->sh, sw = d->sw;
+    int iy = (int)(s / iw), ix = (int)(s - (int32_t)iy * iw);
+    int32_t sum = 0;
+    for (int t = 0; t < len; iy++, ix = 0) {
+        const int n = iw - ix < len - t ? iw - ix : len - t; /* the part of input row iy in range */
+        const int ty = iy + d->ph - ky;
+        int16_t *cr = c + t;
+        t += n;
+        if (ty < 0 || ty % sh || ty / sh >= oh) {
+            for (int i = 0; i < n; i++) cr[i] = 0;
+            continue;
+        }
+        const uint8_t *er = e_row + (ty / sh) * ow;
+        const int tx0 = ix + d->pw - kx; /* tx = ix + pw - kx = ox * sw at a hit */
+        if (sw == 1) {
+            /* hits: 0 <= tx0 + i < ow */
+            const int i0 = tx0 < 0 ? (-tx0 < n ? -tx0 : n) : 0;
+            int i1 = ow - tx0 < n ? ow - tx0 : n, i = 0;
+            if (i1 < i0) i1 = i0;
+            for (; i < i0; i++) cr[i] = 0;
+            for (; i < i1; i++) {
+                const int32_t v = (int32_t)er[tx0 + i] - ze;
+                sum += v;
+                cr[i] = (int16_t)v;
+            }
+            for (; i < n; i++) cr[i] = 0;
+        } else {
+            for (int i = 0; i < n; i++) {
+                const int tx = tx0 + i;
+                int32_t v = 0;
+                if (tx >= 0 && tx % sw == 0 && tx / sw < ow) v = (int32_t)er[tx / sw] - ze;
+                sum += v;
+                cr[i] = (int16_t)v;
+            }
+        }
+    }
+    return sum;
 }
 
 /* conv_weight_grad for one filter: g[ci][ky][kx] (+)= sum over output positions of
- * (e - ze)(a - za), the padding contributing 0. */
+ * (e - ze)(a - za), the padding contributing 0. Per tap (ky, kx) the errors are laid out over the
+ * flat input positions the tap reaches (et_tap_errors, c; rows of one input channel are
+ * contiguous, so with 0 between them one stretch covers every hit) and each input channel is a
+ * dot product with its raw activations: sum c a - za sum c. The stretch is widened to a multiple
+ * of 4 inside the channel where it can be, and cut into pieces of ET_COL. */
 ET_NOINLINE void et_conv_grad_row(const et_layer *d, const uint8_t *e_row, int32_t ze, const uint8_t *a, int32_t *g,
                                   int add)
 {
-    const int ih = d->in_h, iw = d->in_w, kh = d->kh, kw = d->kw;
-    for (int ci = 0; ci < d->in_c; ci++)
-        for (int ky = 0; ky < kh; ky++)
-            for (int kx = 0; kx < kw; kx++) {
-                int32_t acc = 0;
-                for (int oy = 0; oy < d->out_h; oy++) {
-                    const int iy = oy * d->sh - d->ph + ky;
-                    if (iy < 0 || iy >= ih) continue;
-                    const uint8_t *ar = a + ((int32_t)ci * ih + iy) * iw;
-                    const uint8_t *er = e_row + oy * d->out_w;
-                    for (int ox = 0; ox < d->out_w; ox++) {
-                        const int ix = ox * d->sw - d->pw + kx;
-                        if (ix < 0 || ix >= iw) continue;
-                        acc += ((int32_t)er[ox] - ze) * ((int32_t)ar[ix] - d->in_zp);
-                    }
+    const int ih = d->in_h, iw = d->in_w, kh = d->kh, kw = d->kw, ci_n = d->in_c;
+    const int32_t hw = (int32_t)ih * iw, za = d->in_zp;
+    int16_t c[ET_COL];
+    for (int ky = 0; ky < kh; ky++)
+        for (int kx = 0; kx < kw; kx++) {
+            /* the output rows / columns this tap reaches inside the input */
+            int oy0 = 0, oy1 = d->out_h, ox0 = 0, ox1 = d->out_w;
+            while (oy0 < oy1 && oy0 * d->sh - d->ph + ky < 0) oy0++;
+            while (oy1 > oy0 && (oy1 - 1) * d->sh - d->ph + ky >= ih) oy1--;
+            while (ox0 < ox1 && ox0 * d->sw - d->pw + kx < 0) ox0++;
+            while (ox1 > ox0 && (ox1 - 1) * d->sw - d->pw + kx >= iw) ox1--;
+            int32_t f0 = 0, f1 = 0; /* the flat input stretch [f0, f1) from the first hit to the last */
+            if (oy0 < oy1 && ox0 < ox1) {
+                f0 = (int32_t)(oy0 * d->sh - d->ph + ky) * iw + ox0 * d->sw - d->pw + kx;
+                f1 = (int32_t)((oy1 - 1) * d->sh - d->ph + ky) * iw + (ox1 - 1) * d->sw - d->pw + kx + 1;
+                const int32_t l4 = (f1 - f0 + 3) & ~3;
+                if (l4 <= hw) { /* widen with positions no hit touches (their c is 0) */
+                    if (f0 + l4 <= hw)
+                        f1 = f0 + l4;
+                    else
+                        f0 = hw - l4, f1 = hw;
                 }
-                const int32_t idx = (ci * kh + ky) * kw + kx;
-                g[idx] = add ? g[idx] + acc : acc;
             }
+            int first = !add;
+            if (f0 == f1)
+                for (int ci = 0; ci < ci_n; ci++) {
+                    int32_t *gi = g + (ci * kh + ky) * kw + kx;
+                    if (first) *gi = 0;
+                }
+            for (int32_t s = f0; s < f1; s += ET_COL, first = 0) {
+                const int len = f1 - s < ET_COL ? (int)(f1 - s) : ET_COL;
+                const uint32_t csum = (uint32_t)et_tap_errors(d, e_row, ze, ky, kx, s, len, c);
+                et_swizzle(c, len & ~3);
+                const uint32_t corr = (uint32_t)za * csum;
+                for (int ci = 0; ci < ci_n; ci += 2) {
+                    const int pair = ci + 1 < ci_n;
+                    const uint8_t *a0 = a + (int32_t)ci * hw + s;
+                    uint32_t r[2];
+                    et_dot_1x2(c, a0, pair ? a0 + hw : a0, len, r);
+                    int32_t *gi = g + (ci * kh + ky) * kw + kx;
+                    gi[0] = (int32_t)((first ? 0u : (uint32_t)gi[0]) + r[0] - corr);
+                    if (pair) gi[kh * kw] = (int32_t)((first ? 0u : (uint32_t)gi[kh * kw]) + r[1] - corr);
+                }
+            }
+        }
 }
 
-/* dense_input_grad: e_in[k] = requant(sum over kept rows (e_r - ze)(w_rk - zw)). */
+/* dense_input_grad: e_in[k] = requant(sum over kept rows (e_r - ze)(w_rk - zw)), 32-bit sum that
+ * wraps, as sum_r (e_r - ze) w_rk - zw sum_r (e_r - ze); four inputs k at a time share each kept
+ * row's error (one word load of weights; on the DSP, SMLABB/SMLATB on the UXTB16 halves). */
 ET_NOINLINE void et_dense_bwd_input(const uint8_t *e, const uint16_t *kept, int nk, const uint8_t *w, int32_t zw,
                                     int n_in, int32_t ze, int32_t m, int32_t shift, uint8_t *e_in)
 {
-    for (int k = 0; k < n_in; k++) {
-        uint32_t acc = 0;
+    const et_rq rq = et_rq_make(m, shift, ze);
+    uint32_t esum = 0;
+    for (int j = 0; j < nk; j++) esum += (uint32_t)((int32_t)e[kept[j]] - ze);
+    const uint32_t corr = (uint32_t)zw * esum;
+    int k = 0;
+    for (; k + 4 <= n_in; k += 4) {
+        uint32_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+#if defined(__ARM_FEATURE_DSP)
+        int32_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
         for (int j = 0; j < nk; j++) {
             const int r = kept[j];
-            acc += (uint32_t)(((int32_t)e[r] - ze) * ((int32_t)w[(int32_t)r * n_in + k] - zw));
+            const int32_t ev = (int32_t)e[r] - ze;
+            const uint32_t v = et_load32(w + (int32_t)r * n_in + k);
+            const int32_t ve = (int32_t)__uxtb16(v), vo = et_uxtb16_odd(v);
+            a0 = __smlabb(ve, ev, a0);
+            a2 = __smlatb(ve, ev, a2);
+            a1 = __smlabb(vo, ev, a1);
+            a3 = __smlatb(vo, ev, a3);
         }
-        e_in[k] = et_requant((int32_t)acc, m, shift, ze);
+        s0 = (uint32_t)a0, s1 = (uint32_t)a1, s2 = (uint32_t)a2, s3 = (uint32_t)a3;
+#else
+        for (int j = 0; j < nk; j++) {
+            const int r = kept[j];
+            const int32_t ev = (int32_t)e[r] - ze;
+            const uint8_t *wr = w + (int32_t)r * n_in + k;
+            s0 += (uint32_t)(ev * wr[0]);
+            s1 += (uint32_t)(ev * wr[1]);
+            s2 += (uint32_t)(ev * wr[2]);
+            s3 += (uint32_t)(ev * wr[3]);
+        }
+#endif
+        e_in[k] = et_rq_apply(&rq, s0 - corr);
+        e_in[k + 1] = et_rq_apply(&rq, s1 - corr);
+        e_in[k + 2] = et_rq_apply(&rq, s2 - corr);
+        e_in[k + 3] = et_rq_apply(&rq, s3 - corr);
+    }
+    for (; k < n_in; k++) {
+        uint32_t s = 0;
+        for (int j = 0; j < nk; j++) {
+            const int r = kept[j];
+            s += (uint32_t)(((int32_t)e[r] - ze) * w[(int32_t)r * n_in + k]);
+        }
+        e_in[k] = et_rq_apply(&rq, s - corr);
     }
 }
 
