@@ -290,10 +290,10 @@ def test_ledger_fields_and_json():
 
 def test_latency_and_energy_are_counts_times_profile():
     macs = inference_macs(conv_net())
-    assert latency_s(macs, NRF52840) == pytest.approx(474 * 1.0 / 64e6)
-    assert energy_j(macs, NRF52840) == pytest.approx(474 * 1.0 * 156e-12)
+    assert latency_s(macs, NRF52840) == pytest.approx(474 * NRF52840.cycles_per_mac / 64e6)
+    assert energy_j(macs, NRF52840) == pytest.approx(474 * NRF52840.cycles_per_mac * 156e-12)
     assert energy_j(macs, NRF52840, bytes_moved=100) == pytest.approx(
-        474 * 156e-12 + 100 * NRF52840.sram_energy_per_byte_j)
+        474 * NRF52840.cycles_per_mac * 156e-12 + 100 * NRF52840.sram_energy_per_byte_j)
     assert latency_s(macs, RP2040) == pytest.approx(474 * RP2040.cycles_per_mac / RP2040.clock_hz)
     led = with_device(inference_ledger(conv_net()), RP2040)
     assert led.latency_s == pytest.approx(latency_s(474, RP2040))

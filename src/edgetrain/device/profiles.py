@@ -140,20 +140,32 @@ Device = MCU | FPGA | NVM
 # ---------------------------------------------------------------------------------------------
 # Shared model parameters (one place, so every profile on the same core uses the same basis).
 
-_M0P_CPM = 6.0
+# Cycles per MAC = instructions per MAC of edgetrain's generated C (measured) x cycles per
+# instruction (assumed). Measured: QEMU 7.2 TCG plugin counts of executed instructions in the
+# forward convolution kernels (et_conv_fwd + its operand gather et_im2col) per convolution MAC,
+# digits CNN, `python benchmarks/bench_mcu.py` (2026-11-21). QEMU counts instructions, not cycles:
+# the cycles-per-instruction factors are model assumptions stated per core.
+_M0P_IPM = 8.8
+_M0P_CPI = 1.3
+_M0P_CPM = round(_M0P_IPM * _M0P_CPI, 2)
 _M0P_CPM_BASIS = (
-    "model: Cortex-M0+ has no DSP/SIMD extension; RP2040's MULS is single-cycle, but a plain-C "
-    "int8 MAC also needs two byte loads with sign extension, the multiply, the add and loop "
-    "overhead: about 4-8 cycles/MAC in unrolled C kernels; 6 taken")
-_M4_CPM = 1.0
+    f"derived: {_M0P_IPM} instructions/MAC measured for edgetrain's generated C convolution "
+    "(ARMv6-M build, no SIMD; QEMU instruction count, benchmarks/bench_mcu.py) x an assumed "
+    f"{_M0P_CPI} cycles/instruction (2-cycle loads and taken branches on the M0+ pipeline)")
+_M4_IPM = 4.39
+_M4_CPI = 1.2
+_M4_CPM = round(_M4_IPM * _M4_CPI, 2)
 _M4_CPM_BASIS = (
-    "model: Cortex-M4 DSP extension SMLAD does two 16x16 MACs per cycle; CMSIS-NN int8 "
-    "convolutions (Lai et al., arXiv 1801.06601) land around 0.5-1.5 cycles/MAC once "
-    "sign-extension and im2col overhead are included; 1.0 taken")
-_M7_CPM = 0.7
+    f"derived: {_M4_IPM} instructions/MAC measured for edgetrain's generated C convolution "
+    "(SMLAD on gathered int16 operands; QEMU instruction count, benchmarks/bench_mcu.py) x an assumed "
+    f"{_M4_CPI} cycles/instruction (single-cycle SMLAD/UXTB16, 2-cycle unpipelined loads)")
+_M7_IPM = 4.3
+_M7_CPI = 0.7
+_M7_CPM = round(_M7_IPM * _M7_CPI, 2)
 _M7_CPM_BASIS = (
-    "model: Cortex-M7 runs the same SMLAD kernels as the M4 but dual-issues loads with MACs; "
-    "lower than the M4's figure, roughly 0.5-1.0 cycles/MAC for CMSIS-NN int8 kernels; 0.7 taken")
+    f"derived: {_M7_IPM} instructions/MAC measured for edgetrain's generated C convolution "
+    "(same kernels as the M4; QEMU instruction count, benchmarks/bench_mcu.py) x an assumed "
+    f"{_M7_CPI} cycles/instruction (the M7 dual-issues loads with arithmetic)")
 _SRAM_BYTE_BASIS = (
     "model: energy_per_cycle / 4 -- one 32-bit load/store per cycle; the run-mode current "
     "already includes on-chip SRAM traffic, so a byte moved is priced at a quarter-cycle")
