@@ -30,8 +30,11 @@ from ..train.fqt.trainer import FQTTrainer
 
 CHECKS = ("none", "host", "target", "both")
 
-FORWARD = ("et_dense_fwd", "et_conv_fwd", "et_relu_fwd", "et_maxpool_fwd", "et_gap_fwd")
-BACKWARD_MAC = ("et_dense_grad_row", "et_conv_grad_row", "et_dense_bwd_input", "et_conv_bwd_input")
+CONV_FORWARD = ("et_conv_fwd", "et_conv_fwd_direct", "et_im2col")
+"""The convolution forward and the helpers it calls (operand gather, the wide fan-in fallback)."""
+FORWARD = ("et_dense_fwd", *CONV_FORWARD, "et_relu_fwd", "et_maxpool_fwd", "et_gap_fwd")
+BACKWARD_MAC = ("et_dense_grad_row", "et_conv_grad_row", "et_conv_grad_row_s1", "et_tap_errors",
+                "et_dense_bwd_input", "et_conv_bwd_input")
 """The backward kernels that do the MACs the ledger counts (weight gradients, input errors)."""
 BACKWARD = ("et_loss_error", "et_saturate", "et_select_rows", "et_relu_bwd", "et_maxpool_bwd", "et_gap_bwd",
             *BACKWARD_MAC)
@@ -145,5 +148,5 @@ def _verdict(model: DeployedModel, export: Export, want: bytes, got: bytes, step
     return f"bit-exact over {steps} steps ({len(got):,} B)" if m is None else f"MISMATCH at {m}"
 
 
-__all__ = ["BACKWARD", "BACKWARD_MAC", "CHECKS", "FORWARD", "UPDATE", "check_samples", "export_c", "fqt_trainer",
-           "measure_phases"]
+__all__ = ["BACKWARD", "BACKWARD_MAC", "CHECKS", "CONV_FORWARD", "FORWARD", "UPDATE", "check_samples", "export_c",
+           "fqt_trainer", "measure_phases"]
