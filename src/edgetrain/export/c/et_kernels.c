@@ -516,10 +516,25 @@ ET_NOINLINE int et_select_rows(uint8_t *e, int rows, int32_t positions, int32_t 
 ET_NOINLINE void et_dense_grad_row(int32_t er, const uint8_t *a, int32_t za, int n_in, int32_t *g, int add)
 {
     const int32_t c = -er * za;
-    if (add)
-        for (int k = 0; k < n_in; k++) g[k] += er * a[k] + c;
-    else
-        for (int k = 0; k < n_in; k++) g[k] = er * a[k] + c;
+    int k = 0;
+    if (add) {
+        for (; k + 4 <= n_in; k += 4) {
+            const int32_t g0 = g[k], g1 = g[k + 1], g2 = g[k + 2], g3 = g[k + 3];
+            g[k] = g0 + (er * a[k] + c);
+            g[k + 1] = g1 + (er * a[k + 1] + c);
+            g[k + 2] = g2 + (er * a[k + 2] + c);
+            g[k + 3] = g3 + (er * a[k + 3] + c);
+        }
+        for (; k < n_in; k++) g[k] += er * a[k] + c;
+    } else {
+        for (; k + 4 <= n_in; k += 4) {
+            g[k] = er * a[k] + c;
+            g[k + 1] = er * a[k + 1] + c;
+            g[k + 2] = er * a[k + 2] + c;
+            g[k + 3] = er * a[k + 3] + c;
+        }
+        for (; k < n_in; k++) g[k] = er * a[k] + c;
+    }
 }
 
 /* The errors (minus ze) that tap (ky, kx) of one filter meets at the flat input positions
@@ -573,12 +588,113 @@ ET_NO_MEMSET static int32_t et_tap_errors(const et_layer *d, const uint8_t *e_ro
  * contiguous, so with 0 between them one stretch covers every hit) and each input channel is a
  * dot product with its raw activations: sum c a - za sum c. The stretch is widened to a multiple
  * of 4 inside the channel where it can be, and cut into pieces of ET_COL. */
-ET_NOINLINE void et_conv_grad_row(const et_layer *d, const uint8_t *e_row, int32_t ze, const uint8_t *a, int32_t *g,
-                                  int add)
+/* s[i] = sum over `rows` rows of sum_k c[k] u_i[k] (mod 2**32), k < 4: c holds the rows of 4 one after
+ * the other (swizzled), u_i has the row stride `stride`. */
+static inline void et_dot_rows4_1x2(const int16_t *c, int rows, const uint8_t *u0, const uint8_t *u1, int stride,
+                                    uint32_t s[2])
+{
+#if defined(__ARM_FEATURE_DSP)
+    int32_t a0 = 0, a1 = 0;
+    for (const int16_t *end = c + 4 * rows; c != end; c += 4, u0 += stride, u1 += stride) {
+        const uint32_t p = et_load32(u0), q = et_load32(u1);
+        const int32_t ce = (int32_t)et_load32(c), co = (int32_t)et_load32(c + 2);
+        a0 = __smlad((int32_t)__uxtb16(p), ce, a0);
+        a0 = __smlad(et_uxtb16_odd(p), co, a0);
+        a1 = __smlad((int32_t)__uxtb16(q), ce, a1);
+        a1 = __smlad(et_uxtb16_odd(q), co, a1);
+    }
+    s[0] = (uint32_t)a0, s[1] = (uint32_t)a1;
+#else
+    uint32_t s0 = 0, s1 = 0;
+    for (int y = 0; y < rows; y++, c += 4, u0 += stride, u1 += stride)
+        for (int k = 0; k < 4; k++) {
+            s0 += (uint32_t)(c[k] * u0[k]);
+            s1 += (uint32_t)(c[k] * u1[k]);
+        }
+    s[0] = s0, s[1] = s1;
+#endif
+}
+
+/* Stride 1: the errors are laid out once per filter with the row stride pw2 = ow + kw - 1 of the
+ * input padded to the output's reach (ec[oy pw2 + ox] = e - ze, 0 for ox >= ow), and each input
+ * channel is copied into a buffer with that row stride, za in the padding (the centred value 0; the
+ * border is filled once, as every channel has the same). Tap (ky, kx) is then one contiguous dot
+ * product of ec with the padded channel from ky pw2 + kx: sum ec a - za sum ec; two taps share each
+ * load of ec. Returns 0 where the buffers are too small (then the general path runs). */
+ET_NO_MEMSET static inline int et_conv_grad_row_s1(const et_layer *d, const uint8_t *e_row, int32_t ze,
+                                                   const uint8_t *a, int32_t *g, int add, int16_t *ec, uint8_t *ap)
+{
+    const int ih = d->in_h, iw = d->in_w, kh = d->kh, kw = d->kw, ci_n = d->in_c, oh = d->out_h, ow = d->out_w;
+    const int pw2 = ow + kw - 1, ph2 = oh + kh - 1, taps = kh * kw;
+    const int32_t za = d->in_zp;
+    if (d->sh != 1 || d->sw != 1 || oh < 1 || ow < 1) return 0;
+    const int len = (oh - 1) * pw2 + ow, len4 = (len + 3) & ~3, n_ap = ph2 * pw2 + 4;
+    if (len4 > ET_COL || n_ap > 2 * ET_COL) return 0;
+    /* outputs at most 4 wide: ec rows of 4 (no columns of 0 between them), a dot product per row */
+    const int rows4 = ow <= 4 && oh > 1 && 4 * oh <= ET_COL;
+    const int cw = rows4 ? 4 : pw2; /* the row stride of ec */
+    int32_t esum = 0;
+    {
+        int i = 0;
+        for (int oy = 0; oy < oh; oy++) {
+            const uint8_t *er = e_row + oy * ow;
+            for (int ox = 0; ox < ow; ox++) {
+                const int32_t v = (int32_t)er[ox] - ze;
+                esum += v;
+                ec[i++] = (int16_t)v;
+            }
+            if (oy + 1 < oh || rows4)
+                for (int k = ow; k < cw; k++) ec[i++] = 0;
+        }
+        for (; i < len4; i++) ec[i] = 0;
+    }
+    et_swizzle(ec, rows4 ? 4 * oh : len4);
+    const uint32_t corr = (uint32_t)za * (uint32_t)esum;
+    /* the input inside the padded buffer: row y <-> input row y - ph, column x <-> input column x - pw */
+    const int y0 = d->ph, x0 = d->pw;
+    const int ny = ih < ph2 - y0 ? ih : ph2 - y0, nx = iw < pw2 - x0 ? iw : pw2 - x0;
+    {
+        const uint8_t zb = (uint8_t)za;
+        for (int i = 0; i < n_ap; i++) ap[i] = zb;
+    }
+    for (int ci = 0; ci < ci_n; ci++) {
+        const uint8_t *ac = a + (int32_t)ci * ih * iw;
+        for (int y = 0; y < ny; y++) {
+            uint8_t *dr = ap + (y0 + y) * pw2 + x0;
+            const uint8_t *sr = ac + y * iw;
+            int x = 0;
+#if defined(__ARM_FEATURE_DSP)
+            for (; x + 4 <= nx; x += 4) {
+                const uint32_t v = et_load32(sr + x);
+                memcpy(dr + x, &v, 4);
+            }
+#endif
+            for (; x < nx; x++) dr[x] = sr[x];
+        }
+        int32_t *gc = g + (int32_t)ci * taps;
+        for (int t = 0; t < taps; t += 2) {
+            const int pair = t + 1 < taps;
+            const int ky0 = t / kw, kx0 = t - ky0 * kw;
+            const int t1 = pair ? t + 1 : t, ky1 = t1 / kw, kx1 = t1 - ky1 * kw;
+            uint32_t r[2];
+            if (rows4)
+                et_dot_rows4_1x2(ec, oh, ap + ky0 * pw2 + kx0, ap + ky1 * pw2 + kx1, pw2, r);
+            else
+                et_dot_1x2(ec, ap + ky0 * pw2 + kx0, ap + ky1 * pw2 + kx1, len4, r);
+            gc[t] = (int32_t)((add ? (uint32_t)gc[t] : 0u) + r[0] - corr);
+            if (pair) gc[t + 1] = (int32_t)((add ? (uint32_t)gc[t + 1] : 0u) + r[1] - corr);
+        }
+    }
+    return 1;
+}
+
+ET_NO_MEMSET ET_NOINLINE void et_conv_grad_row(const et_layer *d, const uint8_t *e_row, int32_t ze, const uint8_t *a,
+                                               int32_t *g, int add)
 {
     const int ih = d->in_h, iw = d->in_w, kh = d->kh, kw = d->kw, ci_n = d->in_c;
     const int32_t hw = (int32_t)ih * iw, za = d->in_zp;
-    int16_t c[ET_COL];
+    int16_t c[2 * ET_COL]; /* the stride-1 path: ec in the first half, the padded channel in the second */
+    if (et_conv_grad_row_s1(d, e_row, ze, a, g, add, c, (uint8_t *)(void *)(c + ET_COL))) return;
     for (int ky = 0; ky < kh; ky++)
         for (int kx = 0; kx < kw; kx++) {
             /* the output rows / columns this tap reaches inside the input */
