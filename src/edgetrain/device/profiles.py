@@ -145,7 +145,7 @@ Device = MCU | FPGA | NVM
 # forward convolution kernels (et_conv_fwd + its operand gather et_im2col) per convolution MAC,
 # digits CNN, `python benchmarks/bench_mcu.py` (2026-11-21). QEMU counts instructions, not cycles:
 # the cycles-per-instruction factors are model assumptions stated per core.
-_M0P_IPM = 8.8
+_M0P_IPM = 8.94
 _M0P_CPI = 1.3
 _M0P_CPM = round(_M0P_IPM * _M0P_CPI, 2)
 _M0P_CPM_BASIS = (
@@ -159,7 +159,7 @@ _M4_CPM_BASIS = (
     f"derived: {_M4_IPM} instructions/MAC measured for edgetrain's generated C convolution "
     "(SMLAD on gathered int16 operands; QEMU instruction count, benchmarks/bench_mcu.py) x an assumed "
     f"{_M4_CPI} cycles/instruction (single-cycle SMLAD/UXTB16, 2-cycle unpipelined loads)")
-_M7_IPM = 4.3
+_M7_IPM = 4.32
 _M7_CPI = 0.7
 _M7_CPM = round(_M7_IPM * _M7_CPI, 2)
 _M7_CPM_BASIS = (
