@@ -563,3 +563,12 @@ def test_ctypes_train_step_rejects_bad_counts_and_labels(digits_lib):
     assert digits_lib.state() == before  # a refused step changes nothing
     assert digits_lib.train_step(x[:DIGITS_BATCH], y[:DIGITS_BATCH]) == 0
     assert digits_lib.state() != before
+
+
+def test_sizes_beyond_the_c_layer_table_are_refused():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(70000, 3))
+    model, _ = convert(net, torch.randn(8, 1, 70000), "uint8")
+    trainer = FQTTrainer(params="last:1", optimizer=Optimizer("sgd", lr=0.1))
+    with pytest.raises(NotExportable, match="70000 exceeds"):
+        check_exportable(model, trainer)

@@ -76,6 +76,13 @@ def check_exportable(model: DeployedModel, trainer: FQTTrainer) -> None:
                 raise NotExportable(f"layer {i}: more than 65535 output channels")
         if isinstance(layer, MaxPool) and any(s < k for s, k in zip(layer.stride, layer.kernel, strict=True)):
             raise NotExportable(f"layer {i}: max pool windows overlap (stride < kernel)")
+    shapes = model.shapes()
+    for i, layer in enumerate(model.layers):
+        for key, value in _geometry(layer, shapes[i], shapes[i + 1]).items():
+            limit = 255 if key[0] in "ksp" else 65535  # uint8 kernel/stride/padding, uint16 sizes
+            if int(value) > limit:
+                raise NotExportable(f"layer {i} ({layer.kind}): {key} = {int(value)} exceeds the C layer table's "
+                                    f"limit of {limit}")
     if model.output_shape[0] > 255:
         raise NotExportable("more than 255 classes (labels are uint8)")
     trainer.layers(model)  # validates the params spec
