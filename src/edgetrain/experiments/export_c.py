@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from ..cost import Ledger
 from ..cost.training_memory import check_training_fits
 from ..data import load_dataset
 from ..device import get_device
@@ -106,6 +107,7 @@ def export_c(model_path: str, out: str, layers: str = "last:2", update_rate: flo
     result: dict = {"arena_bytes": export.arena_bytes, "peak_bytes": export.manifest["peak_bytes"]}
     if check_mode != "none":
         x, y, probes = check_samples(model, steps, batch, seed=seed, data_dir=data_dir)
+        result["forwards"] = 2 * x.shape[0] + steps * probes.shape[0]  # before each step, training, probes
         data = check.encode_input(x, y, batch, probes)
         want = check.reference_output(model, trainer, x, y, batch, probes, seed=seed)
         if check_mode in ("host", "both"):
@@ -126,14 +128,15 @@ def export_c(model_path: str, out: str, layers: str = "last:2", update_rate: flo
     title = f"C export of {Path(model_path).name} (uint8 FQT, SGD, {trainer.rate_tag}, batch {batch})"
     print_table([{"item": k, "value": v} for k, v in row.items()], title=title)
     if "phases" in result:
-        forwards = 2 * steps * batch + steps * 4  # predictions before each step, training forwards, probes
+        forwards = result["forwards"]
         print_table([{"phase": k, "instructions": v,
                       "per forward" if k == "forward" else "": (v / forwards) if k == "forward" else None}
                      for k, v in result["phases"].items()], title=f"instructions on {result['target_cpu']}")
     rec = make_record(method=f"fqt-uint8-{trainer.rate_tag}", dataset=model.meta.get("dataset"),
                       model=model.meta.get("arch"), fmt="uint8", shift="none", device=dev.name, seed=seed,
                       accuracy={"clean": None, "shifted": None, "final": None, "reference": None},
-                      ledger={"wall_s": time.perf_counter() - t0}, export=result, params=list(names),
+                      ledger=Ledger(train_ram_bytes=export.arena_bytes, flash_bytes=result.get("size", {}).get("flash"),
+                                    wall_s=time.perf_counter() - t0).to_dict(), export=result, params=list(names),
                       manifest=export.manifest)
     if json_path:
         write_json(json_path, rec)
