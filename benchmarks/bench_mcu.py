@@ -62,26 +62,18 @@ def conv_forward_macs(model) -> int:
                for i, layer in enumerate(model.layers) if isinstance(layer, (Conv2d, Conv1d)))
 
 
-def python_backward_macs(model, trainer, x, y, per_step) -> int:
-    """Backward MACs the Python ledger counts for these steps."""
-    state, total = trainer.init(model), 0
-    for s in range(0, x.shape[0], per_step):
-        state, info = trainer.step(state, (x[s:s + per_step], y[s:s + per_step]))
-        total += info.ledger.macs_backward
-    return total
-
-
 def run_config(model, rate: float, steps: int, batch: int, cpus, workdir: str) -> dict:
     trainer = fqt_trainer("last:2", rate, 0.1, batch)
     export = export_fqt(model, trainer, f"{workdir}/rate{rate}")
     x, y, probes = check_samples(model, steps, batch)
     data = check.encode_input(x, y, batch, probes)
-    want = check.reference_output(model, trainer, x, y, batch, probes)
+    ledgers = []
+    want = check.reference_output(model, trainer, x, y, batch, probes, ledgers=ledgers)
     forwards = 2 * steps * batch + steps * probes.shape[0]
     out = {"rate": rate, "arena_bytes": export.arena_bytes,
            "planner_arena_bytes": training_memory(model, trainer.writes(model), "uint8", accumulate=batch,
                                                   optimizer="sgd")["arena_bytes"],
-           "backward_macs": python_backward_macs(model, trainer, x, y, batch),
+           "backward_macs": sum(led.macs_backward for led in ledgers),
            "conv_forward_macs": forwards * conv_forward_macs(model), "cpus": {}}
     for cpu in cpus:
         run = check.run_target(export, data, cpu, plugin=True)

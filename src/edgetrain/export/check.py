@@ -68,8 +68,9 @@ def _logits(model: DeployedModel, q: torch.Tensor) -> bytes:
 
 
 def reference_output(model: DeployedModel, trainer: FQTTrainer, x: torch.Tensor, y: torch.Tensor, per_step: int,
-                     probes: torch.Tensor, seed: int = 0) -> bytes:
-    """The bytes ``et_out.bin`` must hold after the driver ran ``encode_input(x, y, per_step, probes)``."""
+                     probes: torch.Tensor, seed: int = 0, ledgers: list | None = None) -> bytes:
+    """The bytes ``et_out.bin`` must hold after the driver ran ``encode_input(x, y, per_step, probes)``.
+    ``ledgers``, if given, receives each step's ``Ledger`` (MACs the reference counted)."""
     state = trainer.init(model, seed=seed)
     out = bytearray()
 
@@ -82,7 +83,9 @@ def reference_output(model: DeployedModel, trainer: FQTTrainer, x: torch.Tensor,
     for s in range(0, x.shape[0], per_step):
         xs, ys = x[s:s + per_step], y[s:s + per_step]
         out += _logits(state.model, xs)
-        state, _ = trainer.step(state, (xs, ys))
+        state, info = trainer.step(state, (xs, ys))
+        if ledgers is not None:
+            ledgers.append(info.ledger)
         after()
     if x.shape[0] == 0:
         after()

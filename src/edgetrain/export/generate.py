@@ -12,7 +12,7 @@
 * ``manifest.json``: the configuration, the arena layout, and what to compare against.
 
 The C reproduces ``FQTTrainer(precision="uint8", ranges="fixed", optimizer=sgd)`` bit for bit (see
-``export.reference`` and the tests). Configurations it does not implement are refused by name.
+``export.check`` and the tests). Configurations it does not implement are refused by name.
 """
 
 from __future__ import annotations
