@@ -161,6 +161,21 @@ def build_parser() -> argparse.ArgumentParser:
     ec.add_argument("--out", default="runs/export-c", help="directory for the generated C files")
     _common(ec, device=False)
 
+    r = sub.add_parser("run", help="run an experiment config (TOML): trials, progress, resumable results")
+    r.add_argument("config", help="a config file, e.g. experiments/compare.toml")
+    r.add_argument("--out", help="run directory (default: runs/<config name>, -quick appended with --quick)")
+    r.add_argument("--quick", action="store_true", help="shrink every trial (one seed, short training): a smoke test")
+    r.add_argument("--workers", type=_positive, default=1, help="local worker processes running trials in parallel")
+    r.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="run trials as Ray tasks (a local Ray instance, or the cluster at ADDRESS); needs .[ray]")
+    r.add_argument("--force", action="store_true",
+                   help="reuse a directory holding another config's results (they move to superseded-<k>/)")
+    r.add_argument("--no-progress", action="store_true")
+    _data(r)
+
+    rp = sub.add_parser("report", help="Markdown + HTML report with tables and plots of a run directory")
+    rp.add_argument("run_dir", help="a directory written by 'edgetrain run'")
+
     v = sub.add_parser("devices", help="list device profiles with their numbers")
     _common(v, device=False)
     return ap
@@ -247,6 +262,28 @@ def _dispatch(args: argparse.Namespace) -> int:
         export_c(args.model, args.out, layers=args.layers, update_rate=args.update_rate, lr=args.lr,
                  batch=args.batch, device=args.device, check_mode=args.check, steps=args.steps, seed=args.seed,
                  data_dir=args.data_dir, json_path=args.json_path)
+    elif args.command == "run":
+        from .experiments.config import load_config
+        from .experiments.runner import run_config
+
+        cfg = load_config(args.config, quick=args.quick)
+        out = args.out or f"runs/{cfg.name}{'-quick' if args.quick else ''}"
+        try:
+            summary = run_config(cfg, out, workers=args.workers, use_ray=args.ray is not None,
+                                 ray_address=args.ray or None, force=args.force, data_dir=args.data_dir,
+                                 download=args.download, show_progress=not args.no_progress)
+        except KeyboardInterrupt as e:
+            print(f"edgetrain run: {e}", file=sys.stderr)
+            return 130
+        print(f"{summary.trials} trials: {summary.skipped} already done, {summary.ran} run now "
+              f"({summary.failed} failed) in {summary.wall_s:.1f} s; results in {summary.out}/results.jsonl; "
+              f"next: edgetrain report {summary.out}")
+        return 1 if summary.failed else 0
+    elif args.command == "report":
+        from .report.run_report import write_report
+
+        res = write_report(args.run_dir)
+        print(f"wrote {res['markdown']}, {res['html']} and {len(res['plots'])} plots")
     elif args.command == "devices":
         from .device import device_table
         from .report import print_table, write_json
