@@ -42,7 +42,8 @@ SECTIONS: dict[str, dict[str, str]] = {
     "experiment": {"name": _STR, "description": _STR, "seeds": _INTS},
     "model": {"archs": _STRS, "format": _STR, "pretrain_epochs": _INT},
     "training": {"protocol": _STR, "params": _STR, "epochs": _INT, "batch": _INT, "es_budget": _INT,
-                 "es_arrive": _INT, "samples": _INT, "eval_points": _INT, "window": _INT, "run_length": _INT,
+                 "es_arrive": _INT, "samples": _INT, "max_samples": _INT, "eval_points": _INT, "window": _INT,
+                 "run_length": _INT,
                  "analog": _STR, "digital": _STR, "backprop_lr": _FLOAT},
     "devices": {"profiles": _STRS, "nvm": _STR},
     "panels": {"name": _STR, "dataset": _STR, "task": _STR, "shifts": _STRS, "params": _STR, "epochs": _INT,
@@ -54,12 +55,13 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "experiment": {"name": None, "description": "", "seeds": [0]},
     "model": {"archs": ["cnn"], "format": "uint8", "pretrain_epochs": 30},
     "training": {"protocol": "offline", "params": "last:2", "epochs": 3, "batch": 8, "es_budget": 200_000,
-                 "es_arrive": 8, "samples": 2000, "eval_points": 8, "window": 100, "run_length": 10,
+                 "es_arrive": 8, "samples": 2000, "max_samples": 0, "eval_points": 8, "window": 100, "run_length": 10,
                  "analog": "analog:4@10", "digital": "digital:1e-3@10", "backprop_lr": 3e-3},
     "devices": {"profiles": ["cortex-m4"], "nvm": None},
 }
 
-QUICK: dict[str, Any] = {"pretrain_epochs": 5, "epochs": 1, "es_budget": 4000, "samples": 200, "eval_points": 3}
+QUICK: dict[str, Any] = {"pretrain_epochs": 5, "epochs": 1, "es_budget": 4000, "samples": 200, "max_samples": 256,
+                         "eval_points": 3}
 """What ``--quick`` shrinks every trial to (before the config's own ``[quick]`` table), and one seed."""
 
 _FQT_EXTRA = {"rate": _FLOAT, "optimizer": _STR, "lr": _FLOAT, "momentum": _FLOAT}
@@ -216,10 +218,27 @@ def _float_settings(settings: dict[str, Any], schema: dict[str, str]) -> dict[st
     return {k: float(v) if schema.get(k) == _FLOAT else v for k, v in settings.items()}
 
 
+SHIPPED = Path(__file__).resolve().parents[3] / "experiments"
+"""The configs shipped with the source checkout (``experiments/*.toml``)."""
+
+
+def find_config(name: str | Path) -> Path:
+    """``name`` itself when it is a file, else the shipped config of that name (``compare`` ->
+    ``experiments/compare.toml``); an error lists the shipped ones."""
+    path = Path(name)
+    if path.is_file() or path.suffix:
+        return path
+    shipped = SHIPPED / f"{path.name}.toml"
+    if shipped.is_file():
+        return shipped
+    known = sorted(p.stem for p in SHIPPED.glob("*.toml")) if SHIPPED.is_dir() else []
+    raise ConfigError(f"{name}: no such config file, and not a shipped config (shipped: {known or 'none found'})")
+
+
 def load_config(path: str | Path, quick: bool = False) -> RunConfig:
     """Read and check ``path``; with ``quick`` apply :data:`QUICK`, then the file's ``[quick]`` table,
     and keep the first seed only."""
-    path = Path(path)
+    path = find_config(path)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -246,9 +265,9 @@ def load_config(path: str | Path, quick: bool = False) -> RunConfig:
         raise ck.fail("'quick' must be a table ([quick])", "quick")
     ck.table(q, "quick", {**SECTIONS["training"], **SECTIONS["model"], "seeds": _INTS})
     if quick:
-        for key, value in QUICK.items():  # shrink, never grow
+        for key, value in QUICK.items():  # shrink, never grow (max_samples 0 = no cap)
             section = "model" if key in SECTIONS["model"] else "training"
-            parts[section][key] = min(parts[section][key], value)
+            parts[section][key] = min(parts[section][key] or value, value)
         for key, value in q.items():  # the config's own quick settings win
             section = "experiment" if key == "seeds" else "model" if key in SECTIONS["model"] else "training"
             parts[section][key] = value
@@ -260,6 +279,8 @@ def load_config(path: str | Path, quick: bool = False) -> RunConfig:
     if training["protocol"] not in PROTOCOLS:
         raise ck.fail(f"[training] protocol must be one of {PROTOCOLS}, got {training['protocol']!r}", "training",
                       "protocol")
+    if training["max_samples"] < 0:
+        raise ck.fail("[training] max_samples must be >= 0 (0: no cap)", "training", "max_samples")
     for key in ("epochs", "batch", "es_budget", "es_arrive", "samples", "eval_points", "window", "run_length"):
         if training[key] < 1:
             raise ck.fail(f"[training] {key} must be >= 1, got {training[key]}", "training", key)

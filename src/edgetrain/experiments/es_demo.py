@@ -42,6 +42,7 @@ from ..train.es.perturb import derive_seed
 from ..train.es.trainer import ESTrainer
 from ..train.protocol import Batch
 from .deploy import pretrain_and_deploy
+from .world import arrivals, quantized
 
 VARIANTS: dict[str, dict] = {
     "es-one-plus-one": {"estimator": "one-plus-one", "sigma": 1.0, "sigma_max": 2.0, "batch": 256},
@@ -89,15 +90,8 @@ class ESDemoConfig:
 
 def noisy_stream(ds: Dataset, model: DeployedModel, shift, seed: int, arrive: int) -> Iterator[Batch]:
     """Endless stream of raw-integer batches of ``arrive`` noisy training samples: each pass over
-    the training split is shuffled and gets fresh noise, both from seeds derived from ``seed``."""
-    n = ds.train.x.shape[0]
-    for k in range(1 << 30):
-        g = torch.Generator().manual_seed(derive_seed(seed, k, 11))
-        order = torch.randperm(n, generator=g)
-        q = quantize_input(model, shift.apply(ds.train.x[order], g))
-        y = ds.train.y[order]
-        for start in range(0, n - arrive + 1, arrive):
-            yield Batch(q[start:start + arrive], y[start:start + arrive])
+    the training split is shuffled and gets fresh noise (``world.arrivals``)."""
+    return quantized(model, arrivals(ds.train.x, ds.train.y, shift, seed, arrive))
 
 
 def _accuracy_q(model: DeployedModel, q: torch.Tensor, y: torch.Tensor) -> float:

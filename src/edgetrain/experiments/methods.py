@@ -8,12 +8,13 @@ profile (MACs x the profile's cycles and energy per MAC).
 Protocols (``[training] protocol``):
 
 * ``offline``: labelled shifted samples arrive from the adaptation split (reshuffled, shift drawn
-  afresh on every pass). Gradient methods (``fqt``, ``lowrank``, ``backprop``) step on
-  ``epochs`` passes' worth of samples (``fqt``: mini-batches of ``batch``; ``lowrank``: one sample
-  at a time, as the NVM method is defined; ``backprop``: Adam on batches of 32, the float upper
-  bound). ``es`` methods spend a budget of forward passes instead, ``es_arrive`` new samples entering
-  the device's buffer per generation (AbdulQader et al.'s forward-only setting). Accuracy is
-  measured on the shifted test split at ``eval_points`` marks (host-side, not on the ledger).
+  afresh on every pass). Gradient methods (``fqt``, ``lowrank``, ``backprop``) step on ``epochs``
+  passes' worth of samples (``fqt``: mini-batches of ``batch``; ``lowrank``: one sample at a time,
+  as the NVM method is defined; ``backprop``: Adam on batches of 32, the float upper bound), capped
+  at ``max_samples`` when that is set (``--quick`` does). ``es`` methods spend a budget of forward
+  passes instead, ``es_arrive`` new samples entering the device's buffer per generation (AbdulQader
+  et al.'s forward-only setting). Accuracy is measured on the shifted test split at ``eval_points``
+  marks (host-side, not on the ledger).
 * ``online``: the stream of ``lrt-demo`` (Gural et al.): predict, then learn, one sample at a time,
   under a scenario (control, distribution switching, analog or digital weight drift); the final
   accuracy is the online accuracy over the stream.
@@ -234,6 +235,8 @@ def _offline(kind: str, trainer, world: World, spec: dict, on_progress: Progress
         size = {"fqt": getattr(trainer, "batch", 1), "lowrank": 1, "backprop": 32}[kind]
         size = min(size, n)
         axis, total = "samples", spec["method"]["settings"].get("epochs", training["epochs"]) * n
+        if training.get("max_samples"):
+            total = min(total, training["max_samples"])
     stream = arrivals(world.x, world.y, world.shift, derive_seed(seed, 9), size)
     batches = stream if kind == "backprop" else quantized(world.model, stream)
     evaluate = _evaluator(kind, trainer, world)

@@ -300,7 +300,8 @@ def _print_summary(records: list[dict]) -> None:
     for r in records:
         acc = r.get("accuracy") or {}
         rows.append({"panel": r.get("panel"), "model": r.get("model"), "shift": r.get("shift"),
-                     "method": r.get("method"), "seed": r.get("seed"), "status": r.get("status"), "shifted": acc.get("shifted"),
+                     "method": r.get("method"), "seed": r.get("seed"), "status": r.get("status"),
+                     "shifted": acc.get("shifted"),
                      "final": acc.get("final"), "train RAM B": (r.get("ledger") or {}).get("train_ram_bytes"),
                      "writes": (r.get("ledger") or {}).get("weight_writes"),
                      "uJ/sample": None if not (r.get("per_sample") or {}).get("energy_j")
