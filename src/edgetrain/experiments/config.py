@@ -196,7 +196,7 @@ class _Checker:
         self.path, self.lines = path, _Lines(text)
 
     def fail(self, message: str, table: str = "", key: str | None = None, index: int = 0) -> ConfigError:
-        line = self.lines.of(table, key, index) if table else None
+        line = self.lines.of(table, key, index)
         where = f"{self.path}:{line}" if line else str(self.path)
         return ConfigError(f"{where}: {message}")
 
@@ -253,7 +253,8 @@ def load_config(path: str | Path, quick: bool = False) -> RunConfig:
     allowed = set(SECTIONS) | {"methods", "quick"}
     for key in raw:
         if key not in allowed:
-            raise ck.fail(f"unknown section or key {key!r}; expected the sections {sorted(allowed)}", key, None)
+            where = (key, None) if isinstance(raw[key], dict) else ("", key)
+            raise ck.fail(f"unknown section or key {key!r}; expected the sections {sorted(allowed)}", *where)
     parts: dict[str, dict[str, Any]] = {}
     for section in ("experiment", "model", "training", "devices"):
         data = raw.get(section, {})
@@ -267,25 +268,32 @@ def load_config(path: str | Path, quick: bool = False) -> RunConfig:
     if quick:
         for key, value in QUICK.items():  # shrink, never grow (max_samples 0 = no cap)
             section = "model" if key in SECTIONS["model"] else "training"
-            parts[section][key] = min(parts[section][key] or value, value)
+            current = parts[section][key]
+            parts[section][key] = value if key == "max_samples" and current == 0 else min(current, value)
         for key, value in q.items():  # the config's own quick settings win
             section = "experiment" if key == "seeds" else "model" if key in SECTIONS["model"] else "training"
             parts[section][key] = value
         parts["experiment"]["seeds"] = parts["experiment"]["seeds"][:1]
 
     exp, training = parts["experiment"], parts["training"]
+    from_quick = set(q) if quick else set()
+
+    def where(section: str, key: str) -> tuple[str, str]:
+        return ("quick", key) if key in from_quick else (section, key)
+
     if len(set(exp["seeds"])) != len(exp["seeds"]) or any(s < 0 for s in exp["seeds"]):
-        raise ck.fail(f"[experiment] seeds must be distinct integers >= 0, got {exp['seeds']}", "experiment", "seeds")
+        raise ck.fail(f"[experiment] seeds must be distinct integers >= 0, got {exp['seeds']}",
+                      *where("experiment", "seeds"))
     if training["protocol"] not in PROTOCOLS:
-        raise ck.fail(f"[training] protocol must be one of {PROTOCOLS}, got {training['protocol']!r}", "training",
-                      "protocol")
+        raise ck.fail(f"[training] protocol must be one of {PROTOCOLS}, got {training['protocol']!r}",
+                      *where("training", "protocol"))
     if training["max_samples"] < 0:
-        raise ck.fail("[training] max_samples must be >= 0 (0: no cap)", "training", "max_samples")
+        raise ck.fail("[training] max_samples must be >= 0 (0: no cap)", *where("training", "max_samples"))
     for key in ("epochs", "batch", "es_budget", "es_arrive", "samples", "eval_points", "window", "run_length"):
         if training[key] < 1:
-            raise ck.fail(f"[training] {key} must be >= 1, got {training[key]}", "training", key)
+            raise ck.fail(f"[training] {key} must be >= 1, got {training[key]}", *where("training", key))
     if parts["model"]["pretrain_epochs"] < 0:
-        raise ck.fail("[model] pretrain_epochs must be >= 0", "model", "pretrain_epochs")
+        raise ck.fail("[model] pretrain_epochs must be >= 0", *where("model", "pretrain_epochs"))
     _check_values(ck, parts)
 
     raw_panels = raw.get("panels")

@@ -93,9 +93,9 @@ def ram_need(kind: str, trainer, model) -> tuple[int, int, str]:
     """``(ram_bytes, flash_bytes, basis)`` of running ``trainer`` on ``model`` (see the module docstring)."""
     infer = inference_plan(model).peak_bytes()
     flash = flash_bytes(model)
-    if kind == "none":
-        return infer, flash, "inference plan peak"
-    names = trainer.writes(model)
+    names = () if trainer is None else trainer.writes(model)
+    if kind == "none" or not names:
+        return infer, flash, "inference plan peak (nothing trained)"
     if kind == "fqt":
         mem = trainer.memory(model)
         return mem["train_ram_bytes"], mem["flash_bytes"], f"{trainer.precision} training plan (FQT)"

@@ -35,7 +35,13 @@ def git_commit() -> str | None:
 
 
 def versions() -> dict[str, str | None]:
-    return {"edgetrain": __version__, "torch": torch.__version__, "git": git_commit()}
+    """Versions of what produced a result: edgetrain, the git commit, torch, numpy and Python."""
+    import platform
+
+    import numpy
+
+    return {"edgetrain": __version__, "torch": torch.__version__, "git": git_commit(), "numpy": numpy.__version__,
+            "python": platform.python_version()}
 
 
 def make_record(
