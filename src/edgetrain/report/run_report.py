@@ -309,8 +309,13 @@ def _fits_table(methods: dict[str, list[dict]]) -> tuple[list[str], list[list[st
             if d is None or not isinstance(d.get("fits"), bool):
                 cells.append("-")
                 continue
-            ram = f" ({_fmt_int(_num(d.get('ram_bytes')))} B)" if _num(d.get("ram_bytes")) is not None else ""
-            cells.append(("fits" if d["fits"] else "does not fit") + ram)
+            if _num(d.get("fpga_fraction")) is not None:  # an FPGA: the training unit's share of the part
+                need = f" ({100 * _num(d['fpga_fraction']):.2g}% of the part)"
+            elif _num(d.get("ram_bytes")) is not None:
+                need = f" ({_fmt_int(_num(d.get('ram_bytes')))} B)"
+            else:
+                need = ""
+            cells.append(("fits" if d["fits"] else "does not fit") + need)
         rows.append(cells)
     return ["method", *devices], rows
 
