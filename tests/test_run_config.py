@@ -409,15 +409,16 @@ def test_error_record_is_retried(tmp_path, ref_run, one_torch_thread):
 
 
 def test_trial_that_raises_is_an_error_record_and_the_run_goes_on(tmp_path, one_torch_thread):
+    # source classes are checked when the trial builds its world: a run-time failure
     text = config_text(seeds=(0,), methods={"none": METHODS["none"]}, extra=PANEL2.replace(
-        '"digits"', '"nosuchdata"'))
+        'dataset = "digits"', 'dataset = "digits"\ntask = "transfer"\nsource_classes = [99]'))
     cfg = load_config(write(tmp_path, text))
     summary = run_config(cfg, tmp_path / "run", show_progress=False)
     assert summary.ran == 2 and summary.failed == 1
     by_panel = {r["panel"]: r for r in records(tmp_path / "run").values()}
     assert by_panel["digits noise"]["status"] == "ok"
     bad = by_panel["digits rotate"]
-    assert bad["status"] == "error" and "nosuchdata" in bad["error"] and bad["accuracy"]["final"] is None
+    assert bad["status"] == "error" and "source_classes" in bad["error"] and bad["accuracy"]["final"] is None
     again = run_config(cfg, tmp_path / "run", show_progress=False)  # retried (and fails again)
     assert again.ran == 1 and again.skipped == 1 and again.failed == 1
 
@@ -622,8 +623,33 @@ def test_cli_config_error_is_status_2_with_location(tmp_path, capsys):
     assert "not found" in capsys.readouterr().err
 
 
+def test_unknown_dataset_is_refused_at_load_time(tmp_path):
+    bad = write(tmp_path, config_text(seeds=(0,), methods={"none": METHODS["none"]}).replace(
+        'dataset = "digits"', 'dataset = "nosuchdata"'))
+    with pytest.raises(ConfigError, match=r":\d+: \[\[panels\]\] #1 dataset 'nosuchdata'"):
+        load_config(bad)
+
+
+def test_non_finite_number_is_refused(tmp_path):
+    bad = write(tmp_path, config_text(seeds=(0,), methods={"lr": 'kind = "lowrank"\nmethod = "sgd"\nmax_cond = inf'}))
+    with pytest.raises(ConfigError, match="max_cond must be a finite number"):
+        load_config(bad)
+
+
+def test_second_run_on_the_same_directory_is_refused(tmp_path):
+    import fcntl
+
+    cfg = load_config(write(tmp_path, config_text(seeds=(0,), methods={"none": METHODS["none"]})))
+    out = tmp_path / "run"
+    out.mkdir()
+    with open(out / ".lock", "a") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        with pytest.raises(RunDirError, match="in use by another"):
+            run_config(cfg, out, show_progress=False)
+
+
 def test_cli_failed_trial_is_status_1(tmp_path, capsys, one_torch_thread):
     cfg = write(tmp_path, config_text(seeds=(0,), methods={"none": METHODS["none"]}).replace(
-        'dataset = "digits"', 'dataset = "nosuchdata"'))
+        'dataset = "digits"', 'dataset = "digits"\ntask = "transfer"\nsource_classes = [99]'))
     assert main(["run", str(cfg), "--out", str(tmp_path / "run"), "--no-progress"]) == 1
     assert "(1 failed)" in capsys.readouterr().out

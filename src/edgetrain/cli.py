@@ -267,7 +267,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         from .experiments.config import load_config
         from .experiments.runner import run_config
 
-        cfg = load_config(args.config, quick=args.quick)
+        cfg = load_config(args.config, quick=args.quick, data_dir=args.data_dir)
         out = args.out or f"runs/{cfg.name}{'-quick' if args.quick else ''}"
         try:
             summary = run_config(cfg, out, workers=args.workers, use_ray=args.ray is not None,

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -35,7 +36,7 @@ KINDS = ("none", "backprop", "es", "lowrank", "fqt")
 PROTOCOLS = ("offline", "online")
 TASKS = ("shift", "transfer", "scratch")
 
-_STR, _INT, _FLOAT, _BOOL = "a string", "an integer", "a number", "true or false"
+_STR, _INT, _FLOAT, _BOOL = "a string", "an integer", "a finite number", "true or false"
 _STRS, _INTS = "a list of strings", "a list of integers"
 
 SECTIONS: dict[str, dict[str, str]] = {
@@ -82,7 +83,7 @@ def _field_types(cls: type, skip: tuple[str, ...] = ()) -> dict[str, str]:
 def method_settings(kind: str) -> dict[str, str]:
     """The settings a method of ``kind`` accepts (key -> expected type)."""
     if kind == "es":
-        return {**_COMMON, **_field_types(ESTrainer), "budget": _INT}
+        return {**_COMMON, **_field_types(ESTrainer), "budget": _INT}  # budget: forward passes, >= 1
     if kind == "lowrank":
         return {**_COMMON, **_field_types(NVMTrainer, skip=("params",))}
     if kind == "fqt":
@@ -180,7 +181,7 @@ def _check_type(value: Any, expected: str) -> bool:
     if expected == _INT:
         return isinstance(value, int) and not isinstance(value, bool)
     if expected == _FLOAT:
-        return isinstance(value, int | float) and not isinstance(value, bool)
+        return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
     if expected == _BOOL:
         return isinstance(value, bool)
     if expected == _STRS:
@@ -235,9 +236,9 @@ def find_config(name: str | Path) -> Path:
     raise ConfigError(f"{name}: no such config file, and not a shipped config (shipped: {known or 'none found'})")
 
 
-def load_config(path: str | Path, quick: bool = False) -> RunConfig:
+def load_config(path: str | Path, quick: bool = False, data_dir: str | None = None) -> RunConfig:
     """Read and check ``path``; with ``quick`` apply :data:`QUICK`, then the file's ``[quick]`` table,
-    and keep the first seed only."""
+    and keep the first seed only. ``data_dir`` is where datasets not built in are looked for."""
     path = find_config(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -304,6 +305,7 @@ def load_config(path: str | Path, quick: bool = False) -> RunConfig:
         ck.table(p, "panels", SECTIONS["panels"], i, label=f"[[panels]] #{i + 1}")
         if "dataset" not in p:
             raise ck.fail(f"[[panels]] #{i + 1} needs a dataset", "panels", None, i)
+        _check_dataset(ck, p["dataset"], i, data_dir)
         task = p.get("task", "shift")
         if task not in TASKS:
             raise ck.fail(f"[[panels]] #{i + 1} task must be one of {TASKS}, got {task!r}", "panels", "task", i)
@@ -332,6 +334,11 @@ def load_config(path: str | Path, quick: bool = False) -> RunConfig:
         schema = method_settings(kind)
         ck.table(m, table, schema)
         settings = _float_settings({k: v for k, v in m.items() if k != "kind"}, schema)
+        if quick:  # a method's own ES budget or epochs shrink like the [training] ones
+            if "budget" in settings:
+                settings["budget"] = min(settings["budget"], training["es_budget"])
+            if "epochs" in settings:
+                settings["epochs"] = min(settings["epochs"], training["epochs"])
         try:
             _validate_method(kind, settings, parts, training["protocol"])
         except (ValueError, TypeError) as e:
@@ -380,6 +387,20 @@ def _check_values(ck: _Checker, parts: dict[str, dict[str, Any]]) -> None:
             raise ck.fail(f"[training] {key}: {e}", "training", key) from None
 
 
+def _check_dataset(ck: _Checker, name: str, i: int, data_dir: str | None) -> None:
+    """Refuse a dataset name that is neither built in nor a UEA/UCR set we can find (MNIST-family
+    files are checked when loaded: they may be downloaded then)."""
+    from ..data.registry import DATASETS, find_ts
+
+    if name in DATASETS:
+        return
+    try:
+        find_ts(name.removeprefix("ts:"), data_dir)
+    except (FileNotFoundError, ValueError) as e:
+        raise ck.fail(f"[[panels]] #{i + 1} dataset {name!r}: not built in ({sorted(DATASETS)}) and not a .ts set "
+                      f"found on this machine: {e}", "panels", "dataset", i) from None
+
+
 ONLINE_SCENARIOS = ("control", "distribution", "analog-drift", "digital-drift")
 
 
@@ -407,4 +428,7 @@ def _validate_method(kind: str, settings: dict[str, Any], parts: dict, protocol:
                          f"{kind!r} trains from the offline split")
     if kind == "fqt" and not parts["model"]["format"].startswith("uint8"):
         raise ValueError(f"fqt trains uint8 per-tensor models; [model] format is {parts['model']['format']!r}")
+    for key in ("budget", "epochs"):
+        if key in settings and settings[key] < 1:
+            raise ValueError(f"{key} must be >= 1, got {settings[key]}")
     make_trainer(kind, settings, parts["training"])

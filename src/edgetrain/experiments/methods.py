@@ -27,7 +27,9 @@ RAM needed on a device, by kind (the basis is written into every record):
   gradient buffer or optimizer state) plus the Kronecker-sum accumulators (``aux_bytes``).
 * ``es``: inference peak + the trained weights (held in RAM to be rewritten) + the trainer's extra
   memory (sample buffer, generator states, fitness registers).
-* ``backprop``: the float32 training plan (SGD; Adam's two moments would add 8 B per trained value).
+* ``backprop``: the float32 plan at its batch of 32 with Adam's two moments. It is the host-side
+  upper bound, so it runs even where it would not fit; it sees the inputs the device sees (the
+  shifted samples through the model's input quantizer) and is scored as a float network.
 
 On an FPGA profile only ``es`` is costed (its training unit's LUT/FF/DSP/BRAM estimate); the other
 methods need a backward pass that an inference-only engine does not have, and are marked so.
@@ -42,10 +44,10 @@ from dataclasses import asdict, is_dataclass
 from typing import Any
 
 from ..cost import Ledger, fits, flash_bytes, inference_plan
-from ..cost.energy import with_device
+from ..cost.energy import energy_j, latency_s
 from ..cost.memory import param_bytes
 from ..cost.training_memory import training_flash_bytes, training_memory
-from ..cost.writes import lifetime_steps, write_energy_j, writes_ledger
+from ..cost.writes import WriteCounter, lifetime_steps, write_energy_j, writes_ledger
 from ..device import get_device
 from ..device.profiles import FPGA, MCU
 from ..report import make_record
@@ -57,9 +59,11 @@ from ..train.fqt.optimizer import Optimizer
 from ..train.fqt.trainer import FQTTrainer
 from ..train.lowrank.trainer import NVMTrainer
 from ..train.protocol import Batch
-from .world import World, accuracy_q, arrivals, build_world, quantized
+from .world import World, accuracy_q, arrivals, build_world, model_digest, quantized
 
 Progress = Callable[[int, int], None]
+BACKPROP_BATCH = 32
+"""Mini-batch of the float backprop reference (Adam)."""
 
 
 def make_trainer(kind: str, settings: dict[str, Any], training: dict[str, Any], params: str | None = None):
@@ -110,8 +114,11 @@ def ram_need(kind: str, trainer, model) -> tuple[int, int, str]:
         return (infer + param_bytes(model, names) + extra, flash,
                 "inference peak + trained weights in RAM + ES extra memory")
     if kind == "backprop":
-        plan = training_memory(model, names, "float32", accumulate=1, optimizer="sgd")
-        return plan["train_ram_bytes"], plan["flash_bytes"], "float32 training plan (SGD state; Adam not counted)"
+        plan = training_memory(model, names, "float32", accumulate=1, optimizer="sgd", momentum=True,
+                               batch=BACKPROP_BATCH)
+        second_moment = 4 * sum(model.param(n)[0].numel() for n in names)
+        return (plan["train_ram_bytes"] + second_moment, plan["flash_bytes"],
+                f"float32 training plan at batch {BACKPROP_BATCH} with Adam's two moments")
     raise ValueError(kind)
 
 
@@ -128,9 +135,9 @@ def device_rows(kind: str, trainer, model, profiles: list[str], macs_per_sample:
         if isinstance(dev, MCU):
             rep = fits(dev, ram_bytes=ram, flash_bytes=flash)
             row.update(fits=rep.ok, why=None if rep.ok else str(rep))
-            if macs_per_sample is not None:
-                led = with_device(Ledger(macs=round(macs_per_sample)), dev)
-                row.update(energy_per_sample_j=led.energy_j, latency_per_sample_s=led.latency_s)
+            if macs_per_sample is not None and integer_priced(kind, trainer):  # a mean: not rounded
+                row.update(energy_per_sample_j=energy_j(1, dev) * macs_per_sample,
+                           latency_per_sample_s=latency_s(1, dev) * macs_per_sample)
         elif isinstance(dev, FPGA):
             if kind == "es":
                 hw = es_hardware(trainer, model, dev)
@@ -144,6 +151,16 @@ def device_rows(kind: str, trainer, model, profiles: list[str], macs_per_sample:
                                           "does not have")
         rows.append(row)
     return rows
+
+
+def integer_priced(kind: str, trainer) -> bool:
+    """Whether a method's MACs can be priced with the MCU profiles' cycles per MAC, which are for
+    int8 kernels: ES (integer forward only), uint8 FQT and the NVM methods (whose device kernels are
+    8/16-bit fixed point; our trainer computes their backward in float). Float backprop and FQT's
+    float32/mixed precisions are not priced (null), as in ``fqt-demo``."""
+    if kind == "backprop":
+        return False
+    return not (kind == "fqt" and trainer.precision != "uint8")
 
 
 def _settings(trainer) -> dict:
@@ -167,9 +184,10 @@ def run_trial(spec: dict, cache_dir=None, data_dir: str | None = None, download:
     common = {"method": method["label"], "dataset": world.dataset.name, "model": spec["arch"],
               "fmt": spec["format"], "shift": spec["shift"], "device": budget["device"], "seed": spec["seed"]}
     extra = {"kind": kind, "panel": spec["panel"]["name"], "task": spec["panel"]["task"],
+             "model_sha256": model_digest(model),
              "protocol": training["protocol"], "settings": _settings(trainer),
              "trained": [] if trainer is None else list(trainer.writes(model)), "config": spec}
-    if budget["fits"] is False:
+    if budget["fits"] is False and kind != "backprop":  # backprop is the host-side reference: always run
         rows = device_rows(kind, trainer, model, profiles, None)
         ledger = Ledger(train_ram_bytes=budget["ram_bytes"], flash_bytes=budget["flash_bytes"],
                         wall_s=time.perf_counter() - t0)
@@ -212,6 +230,14 @@ def _nvm(spec: dict, state, model) -> dict | None:
             "lifetime_samples": None if math.isinf(life) else life}
 
 
+def weight_cells(counter: WriteCounter | None) -> WriteCounter | None:
+    """``counter`` restricted to weights: every kind's ledger counts weight writes only (FQT's trainer
+    counts changed weights; biases live in SRAM), so ES's bias cells are left out here."""
+    if counter is None:
+        return None
+    return WriteCounter({k: v for k, v in counter.counts.items() if k.endswith(".weight")}, counter.steps)
+
+
 def _evaluator(kind: str, trainer, world: World):
     if kind == "backprop":
         return lambda state: float_net_accuracy(trainer.net(state), world.xs_test, world.y_test)
@@ -232,13 +258,13 @@ def _offline(kind: str, trainer, world: World, spec: dict, on_progress: Progress
         size, axis = training["es_arrive"], "forward_passes"
         total = spec["method"]["settings"].get("budget", training["es_budget"])
     else:
-        size = {"fqt": getattr(trainer, "batch", 1), "lowrank": 1, "backprop": 32}[kind]
+        size = {"fqt": getattr(trainer, "batch", 1), "lowrank": 1, "backprop": BACKPROP_BATCH}[kind]
         size = min(size, n)
         axis, total = "samples", spec["method"]["settings"].get("epochs", training["epochs"]) * n
         if training.get("max_samples"):
             total = min(total, training["max_samples"])
     stream = arrivals(world.x, world.y, world.shift, derive_seed(seed, 9), size)
-    batches = stream if kind == "backprop" else quantized(world.model, stream)
+    batches = quantized(world.model, stream, real=kind == "backprop")  # backprop: the values the device sees
     evaluate = _evaluator(kind, trainer, world)
     state = trainer.init(world.model, seed)
     marks = [math.ceil(total * (i + 1) / training["eval_points"]) for i in range(training["eval_points"])]
@@ -255,7 +281,7 @@ def _offline(kind: str, trainer, world: World, spec: dict, on_progress: Progress
             curve.append({**done, "accuracy": evaluate(state)})
         if on_progress is not None:
             on_progress(min(done[axis], total), total)
-    counter = getattr(state, "writes", None)
+    counter = weight_cells(getattr(state, "writes", None))
     if counter is not None:
         ledger = ledger.replace(weight_writes=None, max_writes_per_cell=None, mean_write_density=None,
                                 write_cell_steps=None) + writes_ledger(counter)

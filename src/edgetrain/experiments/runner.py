@@ -24,12 +24,14 @@ import time
 import traceback
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 from ..files import atomic_write
 from ..report import make_record, print_table, progress, versions, write_csv, write_json
+from ..report.record import _clean
 from .config import RunConfig
 from .methods import run_trial
 from .trials import Trial, expand
@@ -80,7 +82,7 @@ def _rewrite_clean(path: Path, records: Iterable[dict]) -> None:
 
 def append_record(path: Path, record: dict) -> None:
     """Append one record as a JSON line and fsync, so a finished trial survives a crash."""
-    line = json.dumps(json.loads(json.dumps(record, default=str)), allow_nan=False)
+    line = json.dumps(_clean(record), allow_nan=False)  # non-finite numbers -> null, tensors -> lists
     with open(path, "a", encoding="utf-8") as f:
         f.write(line + "\n")
         f.flush()
@@ -138,7 +140,7 @@ def prepare_dir(cfg: RunConfig, out: Path, force: bool) -> None:
         try:
             meta = json.loads(meta_path.read_text(encoding="utf-8"))
             theirs = meta["fingerprint"]
-        except (json.JSONDecodeError, KeyError, TypeError):
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
             raise RunDirError(f"{meta_path} is not a run description written by edgetrain (unreadable or altered); "
                               "pick another --out, or move it away") from None
         if theirs != cfg.fingerprint():
@@ -162,7 +164,7 @@ def prepare_dir(cfg: RunConfig, out: Path, force: bool) -> None:
                           "pick another --out")
 
 
-def _write_meta(cfg: RunConfig, out: Path, n: int, started: str, wall: float | None, finished: bool) -> None:
+def _write_meta(cfg: RunConfig, out: Path, n: int, started: str, wall: float, finished: bool) -> None:
     write_json(out / "run.json", {"name": cfg.name, "description": cfg.description, "config_file": str(cfg.path),
                                   "fingerprint": cfg.fingerprint(), "quick": cfg.quick, "trials": n,
                                   "started": started, "finished": finished, "wall_s": wall, "versions": versions()})
@@ -177,14 +179,43 @@ def run_config(cfg: RunConfig, out: str | Path, *, workers: int = 1, ray_address
     t0 = time.perf_counter()
     out = Path(out)
     trials = expand(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    with _locked(out):
+        return _run_locked(cfg, out, trials, t0, workers=workers, ray_address=ray_address, use_ray=use_ray,
+                           force=force, data_dir=data_dir, download=download, show_progress=show_progress, only=only)
+
+
+@contextmanager
+def _locked(out: Path):
+    """An exclusive lock on ``out/.lock`` for the whole run: a second run on the same directory is
+    refused instead of running every trial twice and interleaving its results."""
+    import fcntl
+
+    with open(out / ".lock", "a") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunDirError(f"{out} is in use by another 'edgetrain run' (it holds {out / '.lock'}); wait for it "
+                              "to finish or pick another --out") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def _run_locked(cfg: RunConfig, out: Path, trials: list[Trial], t0: float, *, workers: int, ray_address: str | None,
+                use_ray: bool, force: bool, data_dir: str | None, download: bool, show_progress: bool,
+                only: Callable[[Trial], bool] | None) -> RunSummary:
     prepare_dir(cfg, out, force)
     results_path = out / RESULTS
     have, bad = read_results(results_path)
-    prior = _prior_wall(out)
+    prior, started = _prior_meta(out)
     if bad:
         _rewrite_clean(results_path, have.values())  # drop a truncated line before appending after it
-    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    _write_meta(cfg, out, len(trials), started, None, False)
+    if have:  # the CSV may lag the JSON lines after a crash between the two writes
+        write_csv(out / "results.csv", [csv_row(r) for r in have.values()], CSV_COLUMNS)
+    started = started or datetime.now(timezone.utc).isoformat(timespec="seconds")
+    _write_meta(cfg, out, len(trials), started, prior, False)
     atomic_write(out / "config.toml", cfg.path.read_text(encoding="utf-8"))
     todo = [t for t in trials if have.get(t.id, {}).get("status") not in DONE and (only is None or only(t))]
     skipped = len(trials) - len(todo)
@@ -218,7 +249,8 @@ def run_config(cfg: RunConfig, out: str | Path, *, workers: int = 1, ray_address
             interrupted = True
     records = [have[t.id] for t in trials if t.id in have]
     wall = time.perf_counter() - t0
-    _write_meta(cfg, out, len(trials), started, prior + wall, not interrupted and len(records) == len(trials))
+    complete = not interrupted and all(have.get(t.id, {}).get("status") in DONE for t in trials)
+    _write_meta(cfg, out, len(trials), started, prior + wall, complete)
     summary = RunSummary(out, len(trials), skipped, len(todo) if not interrupted else sum(
         1 for t in todo if t.id in have), failed, records, wall)
     _print_summary(records)
@@ -228,13 +260,15 @@ def run_config(cfg: RunConfig, out: str | Path, *, workers: int = 1, ray_address
     return summary
 
 
-def _prior_wall(out: Path) -> float:
-    """Wall time of earlier sessions of this run (summed into run.json's ``wall_s``)."""
+def _prior_meta(out: Path) -> tuple[float, str | None]:
+    """Wall time of earlier sessions of this run (summed into run.json's ``wall_s``) and when the
+    first one started."""
     path = out / "run.json"
     try:
-        return float(json.loads(path.read_text(encoding="utf-8")).get("wall_s") or 0.0)
-    except (OSError, ValueError, TypeError):
-        return 0.0
+        meta = json.loads(path.read_text(encoding="utf-8"))
+        return float(meta.get("wall_s") or 0.0), meta.get("started")
+    except (OSError, ValueError, TypeError, AttributeError):
+        return 0.0, None
 
 
 def _run_pool(todo: list[Trial], cache: str, data_dir, download: bool, workers: int,
@@ -256,8 +290,13 @@ def _run_pool(todo: list[Trial], cache: str, data_dir, download: bool, workers: 
                         rec["trial"], rec["name"] = trial.id, trial.name
                     finish(rec)
                     advance()
-        except KeyboardInterrupt:
+        except BaseException:
+            # Ctrl-C, or a failure while saving: stop now. Cancelling only drops trials not yet handed
+            # out, so the workers (busy with, or queued up for, trials whose results would be lost
+            # anyway) are terminated; the executor's own exit would otherwise wait for them.
             pool.shutdown(wait=False, cancel_futures=True)
+            for proc in list(getattr(pool, "_processes", {}).values()):  # no public API for this
+                proc.terminate()
             raise
 
 
@@ -309,11 +348,4 @@ def _print_summary(records: list[dict]) -> None:
     print_table(rows, title="trials (edgetrain report DIR for tables by method and plots)")
 
 
-def load_records(out: str | Path) -> list[dict]:
-    """The records in a run directory, one per trial."""
-    recs, _ = read_results(Path(out) / RESULTS)
-    return list(recs.values())
-
-
-__all__ = ["RunDirError", "RunSummary", "append_record", "execute", "load_records", "prepare_dir", "read_results",
-           "run_config"]
+__all__ = ["RunDirError", "RunSummary", "append_record", "execute", "prepare_dir", "read_results", "run_config"]

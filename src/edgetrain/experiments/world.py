@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,9 +30,10 @@ from ..data import Dataset, load_dataset
 from ..model import DeployedModel
 from ..model.arch import build_float_net
 from ..model.convert import convert
-from ..model.forward import accuracy, forward_int, quantize_input
-from ..model.io import load_model, save_model
+from ..model.forward import forward_int, quantize_input
+from ..model.io import load_model, model_to_bytes, save_model
 from ..model.pretrain import float_accuracy, train_float
+from ..quant.requant import dequantize
 from ..shift import parse_shift
 from ..train.es.perturb import derive_seed
 from ..train.protocol import Batch
@@ -41,9 +43,10 @@ from .deploy import CALIBRATION_SAMPLES
 @dataclass
 class World:
     """A trial's model and data. ``x``/``y``: the clean adaptation split (the shift is drawn as
-    samples arrive); ``xs_test``: the shifted test split (drawn once), ``q_test`` the same as raw
-    model inputs; ``clean`` / ``shifted``: the deployed model's accuracy on the test split without
-    and with the shift."""
+    samples arrive); ``q_test``: the shifted test split (drawn once) as raw model inputs, ``xs_test``
+    the real values they stand for (what a float reference sees: the same clipping and rounding);
+    ``clean`` / ``shifted``: the deployed model's accuracy on the test split without and with the
+    shift."""
 
     dataset: Dataset
     model: DeployedModel
@@ -81,8 +84,17 @@ def deployed_model(spec: dict, ds: Dataset, cache_dir: Path | None) -> DeployedM
     if path is not None and path.is_file():
         try:
             return load_model(path)
-        except ValueError:
-            pass  # altered or truncated: rebuild it below (the run never trusts a bad file)
+        except ValueError as e:  # altered or truncated: rebuilt below (the run never trusts a bad file)
+            warnings.warn(f"{path}: {e}; rebuilding it", stacklevel=2)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # float training's reductions depend on the thread count: fix it so the
+    try:  # model is the same whether trials run in one process, in workers or on Ray
+        return _pretrain_and_convert(spec, ds, path)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _pretrain_and_convert(spec: dict, ds: Dataset, path: Path | None) -> DeployedModel:
     panel, seed = spec["panel"], spec["seed"]
     net = build_float_net(spec["arch"], ds.input_shape, len(ds.classes), seed=seed)
     x, y = ds.train.x, ds.train.y
@@ -119,8 +131,8 @@ def build_world(spec: dict, cache_dir: Path | None = None, data_dir: str | None 
     online = spec["training"]["protocol"] == "online"
     shift = parse_shift("none" if online else spec["shift"])
     q_clean = quantize_input(model, x_test)
-    xs_test = shift.apply(x_test, torch.Generator().manual_seed(derive_seed(seed, 7)))
-    q_test = quantize_input(model, xs_test)
+    q_test = quantize_input(model, shift.apply(x_test, torch.Generator().manual_seed(derive_seed(seed, 7))))
+    xs_test = dequantize(q_test, model.input_fmt).float()
     return World(ds, model, x, y, x_test, y_test, xs_test, q_test, shift, accuracy_q(model, q_clean, y_test),
                  accuracy_q(model, q_test, y_test))
 
@@ -145,10 +157,18 @@ def arrivals(x: torch.Tensor, y: torch.Tensor, shift, seed: int, size: int) -> I
             yield xs[start:start + size], ys[start:start + size]
 
 
-def quantized(model: DeployedModel, stream: Iterator[tuple[torch.Tensor, ...]]) -> Iterator[Batch]:
-    """``stream`` as raw-integer batches for the deployed model."""
+def quantized(model: DeployedModel, stream: Iterator[tuple[torch.Tensor, ...]], real: bool = False
+              ) -> Iterator[Batch]:
+    """``stream`` as raw-integer batches for the deployed model (``real``: the real values those raw
+    inputs stand for, for a float reference that must see what the device sees)."""
     for xb, yb in stream:
-        yield Batch(quantize_input(model, xb), yb)
+        q = quantize_input(model, xb)
+        yield Batch(dequantize(q, model.input_fmt).float() if real else q, yb)
 
 
-__all__ = ["World", "accuracy", "accuracy_q", "arrivals", "build_world", "deployed_model", "quantized"]
+def model_digest(model: DeployedModel) -> str:
+    """SHA-256 of the model file's bytes: which deployed model a result was measured on."""
+    return hashlib.sha256(model_to_bytes(model)).hexdigest()
+
+
+__all__ = ["World", "accuracy_q", "arrivals", "build_world", "deployed_model", "model_digest", "quantized"]

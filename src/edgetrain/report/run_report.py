@@ -65,7 +65,8 @@ _Block = tuple  # ("h1"|"h2"|"h3"|"p"|"list"|"table"|"img", ...): the report's c
 
 
 def load_results(run_dir: str | Path) -> tuple[list[dict], int]:
-    """Read ``run_dir/results.jsonl``: the records (JSON objects, in file order) and how many non-blank lines
+    """Read ``run_dir/results.jsonl``: the records (JSON objects, in file order, the last per trial id) and how
+    many non-blank lines
     were skipped because they did not parse as a JSON object (a crash can truncate the last line).
 
     Raises ``FileNotFoundError`` when the file is missing and ``ValueError`` when it holds no valid record."""
@@ -88,6 +89,11 @@ def load_results(run_dir: str | Path) -> tuple[list[dict], int]:
                 records.append(rec)
             else:
                 skipped += 1
+    # one record per trial: a rerun appends a new record for a trial that failed before, and the last one wins
+    by_id: dict[object, dict] = {}
+    for i, rec in enumerate(records):
+        by_id[rec.get("trial", ("line", i))] = rec
+    records = list(by_id.values())
     if not records:
         raise ValueError(f"{path} holds no valid result record ({skipped} unparseable line(s))")
     return records, skipped
@@ -155,8 +161,8 @@ def _wall(rec: dict) -> float | None:
 def _budget_fits(rec: dict) -> bool | None:
     """Whether the trial fits its budget device: its ``devices`` entry, else its status."""
     for d in rec.get("devices") or []:
-        if isinstance(d, dict) and d.get("device") == rec.get("device") and isinstance(d.get("fits"), bool):
-            return d["fits"]
+        if isinstance(d, dict) and d.get("device") == rec.get("device"):
+            return d.get("fits") if isinstance(d.get("fits"), bool) else None  # None: not costed there
     if rec.get("status") == "does-not-fit":
         return False
     if rec.get("status") == "ok":
