@@ -32,7 +32,7 @@ from ..data import Dataset, load_dataset
 from ..device import get_device
 from ..model import DeployedModel
 from ..model.arch import ARCHS
-from ..model.forward import accuracy, forward_int, quantize_input
+from ..model.forward import accuracy, quantize_input
 from ..model.scheme import parse_scheme
 from ..report import make_record, print_table, progress, write_experiment
 from ..shift import parse_shift
@@ -42,6 +42,7 @@ from ..train.es.perturb import derive_seed
 from ..train.es.trainer import ESTrainer
 from ..train.protocol import Batch
 from .deploy import pretrain_and_deploy
+from .world import accuracy_q as _accuracy_q
 from .world import arrivals, quantized
 
 VARIANTS: dict[str, dict] = {
@@ -92,10 +93,6 @@ def noisy_stream(ds: Dataset, model: DeployedModel, shift, seed: int, arrive: in
     """Endless stream of raw-integer batches of ``arrive`` noisy training samples: each pass over
     the training split is shuffled and gets fresh noise (``world.arrivals``)."""
     return quantized(model, arrivals(ds.train.x, ds.train.y, shift, seed, arrive))
-
-
-def _accuracy_q(model: DeployedModel, q: torch.Tensor, y: torch.Tensor) -> float:
-    return float((forward_int(model, q, overflow="wrap").argmax(dim=1) == y).double().mean())
 
 
 def run_es(trainer: ESTrainer, model: DeployedModel, stream: Iterator[Batch], budget: int,
