@@ -29,8 +29,8 @@ has no backprop method or backprop did not beat the shifted accuracy (the ratio 
 recovers at least as much, with one of the two strictly; identical points are all kept. The front says which
 methods are worth considering at some budget; everything off it is beaten on both axes by something on it.
 
-For the online protocol the runner records the online (prequential) accuracy as ``accuracy["final"]``; the
-curves use ``online_curve``.
+For the online protocol the "final" accuracy is the online (prequential) accuracy when the record gives one as
+``accuracy["online"]``, else ``accuracy["final"]``; the curves use ``online_curve``.
 """
 
 from __future__ import annotations
@@ -147,7 +147,10 @@ def _as_int(v: float | None) -> int | float | None:
 
 
 def _final_accuracy(rec: dict) -> float | None:
-    return _num(_d(rec, "accuracy").get("final"))
+    acc = _d(rec, "accuracy")
+    if rec.get("protocol") == "online" and _num(acc.get("online")) is not None:
+        return _num(acc.get("online"))
+    return _num(acc.get("final"))
 
 
 def _wall(rec: dict) -> float | None:
