@@ -19,6 +19,7 @@ from torch import nn
 from edgetrain.cost.training_memory import training_memory
 from edgetrain.data import load_dataset
 from edgetrain.experiments.deploy import pretrain_and_deploy
+from edgetrain.experiments.export_c import CONV_FORWARD
 from edgetrain.export import toolchain
 from edgetrain.export.check import compare, encode_input, reference_output, run_host, run_target, state_bytes
 from edgetrain.export.generate import NotExportable, check_exportable, export_fqt, parse_state
@@ -122,6 +123,12 @@ def _build_small_nets() -> dict[str, tuple[nn.Sequential, tuple[int, ...], int]]
         "conv2d_wide": (nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
                                       nn.Conv2d(16, 7, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
                                       nn.Flatten(), nn.Linear(63, 5)), (3, 12, 12), 5),
+        # the forward's fallbacks: a padded input (1 x 48 x 48) larger than the C's padded-copy buffer
+        # (ET_CONV_PAD, 2048 bytes: gather with bounds checks), a fan-in of 270 above ET_WFAN (256: the
+        # reference loop); a 2 x 2 stride-2 conv between them
+        "conv2d_edge": (nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.MaxPool2d(4),
+                                      nn.Conv2d(3, 30, 2, stride=2), nn.ReLU(), nn.Conv2d(30, 4, 3),
+                                      nn.Flatten(), nn.Linear(36, 5)), (1, 46, 46), 5),
     }
 
 
@@ -152,7 +159,8 @@ LAYER_CASES = [
 HOST_CASES = ([(name, *c) for name in ("mlp", "conv2d", "conv1d") for c in LAYER_CASES]
               + [("mlp", "all", 4, "fix29"), ("mlp", "bias:last:2", 1, "full"),
                  ("conv2d_wide", "all", 1, "full"), ("conv2d_wide", "all", 4, "dyn50"),
-                 ("conv2d_wide", "bias:last:2", 4, "dyn10")])
+                 ("conv2d_wide", "bias:last:2", 4, "dyn10"),
+                 ("conv2d_edge", "all", 1, "full"), ("conv2d_edge", "all", 4, "dyn50")])
 
 
 def _id(case: tuple) -> str:
@@ -441,14 +449,20 @@ def test_target_m4_series_cnn_bit_exact(motions):
 
 @pytest.mark.mcu
 @needs_target
-@pytest.mark.parametrize("name", ["conv2d", "conv1d", "conv2d_wide"])
-def test_target_m4_each_layer_type_bit_exact(small_models, tmp_path, name):
+@pytest.mark.parametrize("name", ["conv2d", "conv1d", "conv2d_wide", "conv2d_edge"])
+def test_target_m4_each_layer_type_bit_exact(small_models, tmp_path, name, monkeypatch):
     model, q, y = small_models[name]
     case = Case(model, _trainer("all", 4, "dyn50"), q, y, tmp_path / "export", steps=20)
     case.assert_trained()
-    run = run_target(case.export, case.data, "cortex-m4", plugin=False)
+    edge = name == "conv2d_edge"
+    if edge:
+        monkeypatch.setenv("EDGETRAIN_CACHE_DIR", str(tmp_path / "cache"))  # the plugin build goes here
+    run = run_target(case.export, case.data, "cortex-m4", plugin=edge)
     case.assert_same(run.output)
     _check_arena(case, run)
+    if edge:  # the fallbacks ran (and gave the same bytes)
+        for fn in ("et_conv_fwd_gather_bounds", "et_conv_fwd_direct", "et_conv_fwd_gather", "et_conv_fwd_rows"):
+            assert run.counts.get(fn, 0) > 0, f"{fn} did not execute: {sorted(run.counts)}"
 
 
 @pytest.mark.mcu
@@ -462,6 +476,9 @@ def test_target_instruction_counts(digits, tmp_path, monkeypatch):
     for fn in ("et_conv_fwd", "et_dense_fwd", "et_conv_grad_row", "et_update_layer"):
         assert run.counts.get(fn, 0) > 0, f"{fn} did not execute: {sorted(run.counts)}"
     assert run.counts["et_conv_fwd"] < run.counts["[total]"]
+    # the benchmark's conv-forward figure sums CONV_FORWARD: it must name every forward helper that ran
+    ran = {fn for fn in run.counts if fn.startswith("et_conv_fwd")}
+    assert ran <= set(CONV_FORWARD) and "et_conv_fwd_rows" in ran, sorted(ran)
 
 
 # -- refusals and malformed input ---------------------------------------------------------------------------

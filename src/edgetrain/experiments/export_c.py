@@ -31,8 +31,10 @@ from ..train.fqt.trainer import FQTTrainer
 
 CHECKS = ("none", "host", "target", "both")
 
-CONV_FORWARD = ("et_conv_fwd", "et_conv_fwd_direct", "et_im2col")
-"""The convolution forward and the helpers it calls (operand gather, the wide fan-in fallback)."""
+CONV_FORWARD = ("et_conv_fwd", "et_conv_fwd_pad", "et_conv_fwd_gather", "et_conv_fwd_gather_bounds",
+                "et_conv_fwd_weights", "et_conv_fwd_rows", "et_conv_fwd_direct")
+"""The convolution forward and the helpers it calls (padded input copy, operand gather, int16 weights,
+the dot products and requantization, the wide fan-in fallback): every function named ``et_conv_fwd*``."""
 FORWARD = ("et_dense_fwd", *CONV_FORWARD, "et_relu_fwd", "et_maxpool_fwd", "et_gap_fwd")
 BACKWARD_MAC = ("et_dense_grad_row", "et_conv_grad_row", "et_conv_grad_row_s1", "et_tap_errors",
                 "et_dense_bwd_input", "et_conv_bwd_input")

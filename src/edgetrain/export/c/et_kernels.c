@@ -86,29 +86,42 @@ void et_affine_from_range(double lo, double hi, double *scale, int32_t *zp)
 }
 
 /* et_requant with its parameters prepared once per kernel call. The usual case, a multiplier
- * m > 1 with 32 <= shift <= 62, keeps the high word of the 64-bit product: (v + 2**(shift-1)) >>
- * shift = ((v + 2**(shift-1)) >> 32) >> (shift - 32), the same floor (one SMLAL and a shift on
- * the M4); other cases call et_requant. */
+ * m > 1 with 33 <= shift <= 62, needs only the high word of the 64-bit product: the rounding term
+ * 2**(shift-1) has a zero low word, so (v + 2**(shift-1)) >> shift = (hi(v) + 2**(shift-33)) >>
+ * (shift - 32) with hi(v) = floor(v / 2**32), the same floor (one SMULL, an add and a shift on the
+ * M4, then USAT for the clamp); other cases call et_requant. */
 typedef struct {
-    int64_t round;
-    int32_t m, shift, zp, fast;
+    int32_t m, rh, s2, zp, shift, fast;
 } et_rq;
 
 static inline et_rq et_rq_make(int32_t m, int32_t shift, int32_t zp)
 {
     et_rq q;
-    q.fast = m != 1 && shift >= 32 && shift <= 62;
-    q.round = q.fast ? (int64_t)1 << (shift - 1) : 0;
+    q.fast = m != 1 && shift >= 33 && shift <= 62;
+    q.s2 = q.fast ? shift - 32 : 0;
+    q.rh = q.fast ? (int32_t)1 << (q.s2 - 1) : 0;
     q.m = m, q.shift = shift, q.zp = zp;
     return q;
+}
+
+#if defined(__ARM_FEATURE_SAT) || defined(__ARM_FEATURE_DSP)
+#include <arm_acle.h>
+#endif
+
+static inline uint8_t et_clamp_u8(int32_t r)
+{
+#if defined(__ARM_FEATURE_SAT)
+    return (uint8_t)__usat(r, 8);
+#else
+    return (uint8_t)(r < 0 ? 0 : r > 255 ? 255 : r);
+#endif
 }
 
 static inline uint8_t et_rq_apply(const et_rq *q, uint32_t acc)
 {
     if (!q->fast) return et_requant((int32_t)acc, q->m, q->shift, q->zp);
-    const int64_t v = (int64_t)(int32_t)acc * q->m + q->round;
-    const int32_t r = ((int32_t)(v >> 32) >> (q->shift - 32)) + q->zp;
-    return (uint8_t)(r < 0 ? 0 : r > 255 ? 255 : r);
+    const int32_t hi = (int32_t)(((int64_t)(int32_t)acc * q->m) >> 32); /* |hi| < 2**30: no overflow below */
+    return et_clamp_u8(((hi + q->rh) >> q->s2) + q->zp);
 }
 
 /* -- dot products shared by the dense and convolution kernels ----------------------------------
@@ -133,6 +146,14 @@ static inline uint8_t et_rq_apply(const et_rq *q, uint32_t acc)
 #endif
 
 #define ET_COL 128 /* int16 entries of a gathered operand (stack buffers of at most 2 x 256 bytes) */
+#define ET_WFAN 256 /* the largest (rounded up) convolution fan-in of the gathered forward: 2 x 512 bytes */
+#define ET_CONV_COL 1536 /* bytes of gathered input positions (+ 4 of slack) in the convolution forward */
+#define ET_CONV_PAD 2048 /* bytes of the padded input copy in the convolution forward */
+#if defined(__GNUC__)
+#define ET_ALIGN8 __attribute__((aligned(8)))
+#else
+#define ET_ALIGN8
+#endif
 
 #if defined(__ARM_FEATURE_DSP)
 #include <arm_acle.h>
@@ -167,41 +188,6 @@ static inline void et_swizzle(int16_t *c, int n4)
     (void)c;
     (void)n4;
 #endif
-}
-
-/* s[2 i + j] = sum_k c_j[k] u_i[k] (mod 2**32), k < n: two gathered int16 vectors (swizzled) against
- * two uint8 vectors, each load used twice. */
-static inline void et_dot_2x2(const int16_t *c0, const int16_t *c1, const uint8_t *u0, const uint8_t *u1, int n,
-                              uint32_t s[4])
-{
-    int k = 0;
-    uint32_t s00 = 0, s01 = 0, s10 = 0, s11 = 0;
-#if defined(__ARM_FEATURE_DSP)
-    int32_t a00 = 0, a01 = 0, a10 = 0, a11 = 0;
-    for (; k + 4 <= n; k += 4) {
-        const uint32_t p = et_load32(u0 + k), q = et_load32(u1 + k);
-        const int32_t pe = (int32_t)__uxtb16(p), po = et_uxtb16_odd(p);
-        const int32_t qe = (int32_t)__uxtb16(q), qo = et_uxtb16_odd(q);
-        const int32_t c0e = (int32_t)et_load32(c0 + k), c0o = (int32_t)et_load32(c0 + k + 2);
-        const int32_t c1e = (int32_t)et_load32(c1 + k), c1o = (int32_t)et_load32(c1 + k + 2);
-        a00 = __smlad(pe, c0e, a00);
-        a00 = __smlad(po, c0o, a00);
-        a01 = __smlad(pe, c1e, a01);
-        a01 = __smlad(po, c1o, a01);
-        a10 = __smlad(qe, c0e, a10);
-        a10 = __smlad(qo, c0o, a10);
-        a11 = __smlad(qe, c1e, a11);
-        a11 = __smlad(qo, c1o, a11);
-    }
-    s00 = (uint32_t)a00, s01 = (uint32_t)a01, s10 = (uint32_t)a10, s11 = (uint32_t)a11;
-#endif
-    for (; k < n; k++) {
-        s00 += (uint32_t)(c0[k] * u0[k]);
-        s01 += (uint32_t)(c1[k] * u0[k]);
-        s10 += (uint32_t)(c0[k] * u1[k]);
-        s11 += (uint32_t)(c1[k] * u1[k]);
-    }
-    s[0] = s00, s[1] = s01, s[2] = s10, s[3] = s11;
 }
 
 /* s[i] = sum_k c[k] u_i[k] (mod 2**32), k < n: one gathered int16 vector (swizzled) against two
@@ -268,43 +254,171 @@ ET_NOINLINE void et_dense_fwd(const uint8_t *x, int32_t zx, const uint8_t *w, in
     }
 }
 
-/* The receptive field of output position (oy, ox) minus the input zero point, 0 in the padding (the
- * real value 0), in the weight order [ci][ky][kx]; returns its sum. */
-ET_NO_MEMSET static int32_t et_im2col(const et_layer *d, const uint8_t *x, int oy, int ox, int16_t *col)
+/* -- convolution forward: gathered raw input bytes against int16 weights ------------------------ */
+
+static inline uint32_t et_ld32(const void *p) /* 4 bytes at any alignment (one LDR on the M4/M7) */
 {
-    const int ih = d->in_h, iw = d->in_w, kh = d->kh, kw = d->kw;
-    const int y0 = oy * d->sh - d->ph, x0 = ox * d->sw - d->pw;
-    /* the taps inside the input: ky in [ky0, ky1), kx in [kx0, kx1) */
-    const int ky0 = y0 < 0 ? (-y0 < kh ? -y0 : kh) : 0, kx0 = x0 < 0 ? (-x0 < kw ? -x0 : kw) : 0;
-    int ky1 = ih - y0 < kh ? ih - y0 : kh, kx1 = iw - x0 < kw ? iw - x0 : kw;
-    if (ky1 < ky0) ky1 = ky0;
-    if (kx1 < kx0) kx1 = kx0;
-    const int32_t zx = d->in_zp;
-    int32_t sum = 0;
-    for (int ci = 0; ci < d->in_c; ci++) {
-        const uint8_t *xc = x + (int32_t)ci * ih * iw;
-        for (int ky = 0; ky < kh; ky++) {
-            if (ky < ky0 || ky >= ky1) {
-                for (int kx = 0; kx < kw; kx++) *col++ = 0;
-                continue;
-            }
-            const uint8_t *xr = xc + (y0 + ky) * iw;
-            int kx = 0;
-            for (; kx < kx0; kx++) *col++ = 0;
-            for (; kx < kx1; kx++) {
-                const int32_t v = (int32_t)xr[x0 + kx] - zx;
-                sum += v;
-                *col++ = (int16_t)v;
-            }
-            for (; kx < kw; kx++) *col++ = 0;
-        }
-    }
-    return sum;
+    uint32_t v;
+    memcpy(&v, p, 4);
+    return v;
 }
 
-/* Conv2d / Conv1d (H = 1) without a gather buffer (fan-in above ET_COL): the reference loop. */
-static void et_conv_fwd_direct(const et_layer *d, const uint8_t *x, const uint8_t *w, int32_t zw, const int32_t *b,
-                               int32_t m, int32_t shift, uint8_t *y)
+static inline void et_st32(void *p, uint32_t v)
+{
+    memcpy(p, &v, 4);
+}
+
+/* The input with its padding made explicit, for et_conv_fwd_gather: per channel, (in_h + 2 ph) rows of
+ * wp = in_w + 2 pw bytes, the padding holding the input zero point zx (so that x - zx = 0, the real
+ * value 0), then 4 zero bytes of slack for word reads; tab[ci kh + ky] = offset of row ky of channel
+ * ci. Returns 0 (and does nothing) when that takes more than ET_CONV_PAD bytes. */
+ET_NO_MEMSET ET_NOINLINE static int et_conv_fwd_pad(const et_layer *d, const uint8_t *x, uint8_t *xp, int16_t *tab)
+{
+    const int ih = d->in_h, iw = d->in_w, ph = d->ph, pw = d->pw, wp = iw + 2 * pw, hp = ih + 2 * ph;
+    const int32_t n = (int32_t)d->in_c * hp * wp;
+    if (n + 4 > ET_CONV_PAD) return 0;
+    const uint8_t zx = (uint8_t)d->in_zp;
+    uint8_t *o = xp;
+    for (int ci = 0; ci < d->in_c; ci++) {
+        for (int k = 0; k < ph * wp; k++) *o++ = zx;
+        for (int iy = 0; iy < ih; iy++, x += iw) {
+            for (int k = 0; k < pw; k++) *o++ = zx;
+            for (int k = 0; k < iw; k++) *o++ = x[k];
+            for (int k = 0; k < pw; k++) *o++ = zx;
+        }
+        for (int k = 0; k < ph * wp; k++) *o++ = zx;
+        for (int ky = 0; ky < d->kh; ky++) *tab++ = (int16_t)((ci * hp + ky) * wp);
+    }
+    et_st32(o, 0);
+    return 1;
+}
+
+/* The receptive fields of output positions p0 .. p1 - 1 as raw bytes of the padded input (et_conv_fwd_pad),
+ * one row of fan4 bytes per position in the weight order [ci][ky][kx], completed with zeros (those
+ * taps meet zero weights). A kernel row of at most 4 taps is copied as one word: the bytes it writes
+ * past the row are overwritten by the next one (col has 4 bytes of slack). */
+ET_NO_MEMSET ET_NOINLINE static void et_conv_fwd_gather(const et_layer *d, const uint8_t *xp, const int16_t *tab,
+                                                    int32_t p0, int32_t p1, int fan4, uint8_t *col)
+{
+    const int kw = d->kw, rows = d->in_c * d->kh, fan = rows * kw, ow = d->out_w;
+    const int wp = d->in_w + 2 * d->pw, step_y = d->sh * wp;
+    int oy = (int)(p0 / ow), ox = (int)(p0 % ow);
+    for (int32_t p = p0; p < p1; p++, col += fan4) {
+        const uint8_t *base = xp + oy * step_y + ox * d->sw;
+        uint8_t *c = col;
+        if (kw <= 4) {
+            for (int j = 0; j < rows; j++, c += kw) et_st32(c, et_ld32(base + tab[j]));
+        } else {
+            for (int j = 0; j < rows; j++, c += kw)
+                for (int kx = 0; kx < kw; kx++) c[kx] = base[tab[j] + kx];
+        }
+        for (int k = fan; k < fan4; k++) col[k] = 0;
+        if (++ox == ow) ox = 0, oy++;
+    }
+}
+
+/* et_conv_fwd_gather for an input whose padded copy does not fit ET_CONV_PAD: the bounds are checked
+ * per tap. */
+ET_NO_MEMSET ET_NOINLINE static void et_conv_fwd_gather_bounds(const et_layer *d, const uint8_t *x, int32_t p0,
+                                                           int32_t p1, int fan4, uint8_t *col)
+{
+    const int ih = d->in_h, iw = d->in_w, kh = d->kh, kw = d->kw, ow = d->out_w;
+    const int fan = d->in_c * kh * kw;
+    const uint8_t zx = (uint8_t)d->in_zp;
+    int oy = (int)(p0 / ow), ox = (int)(p0 % ow);
+    for (int32_t p = p0; p < p1; p++, col += fan4) {
+        const int y0 = oy * d->sh - d->ph, x0 = ox * d->sw - d->pw;
+        uint8_t *c = col;
+        for (int ci = 0; ci < d->in_c; ci++)
+            for (int ky = 0; ky < kh; ky++, c += kw) {
+                const int iy = y0 + ky;
+                const uint8_t *xr = x + ((int32_t)ci * ih + iy) * iw + x0;
+                for (int kx = 0; kx < kw; kx++)
+                    c[kx] = iy >= 0 && iy < ih && x0 + kx >= 0 && x0 + kx < iw ? xr[kx] : zx;
+            }
+        for (int k = fan; k < fan4; k++) col[k] = 0;
+        if (++ox == ow) ox = 0, oy++;
+    }
+}
+
+/* s[2 i + j] += sum_k c[j ET_WFAN + k] u_i[k] (mod 2**32), k < n (a multiple of 4): two int16 weight
+ * rows (swizzled), ET_WFAN apart, against two rows of raw input bytes. On the M4/M7 the loop is
+ * written in assembly: GCC 12 spills pointers inside it, and this is the hot loop of the forward
+ * (4 MACs per SMLAD pair, 18 instructions for 16 MACs). */
+static inline void et_dot_conv_fwd(const int16_t *c, const uint8_t *u0, const uint8_t *u1, int n, uint32_t s[4])
+{
+#if defined(__ARM_FEATURE_DSP) && defined(__GNUC__)
+    int32_t a00 = (int32_t)s[0], a01 = (int32_t)s[1], a10 = (int32_t)s[2], a11 = (int32_t)s[3];
+    uint32_t p, q, x, y, ce, co;
+    const uint8_t *end = u0 + n;
+    __asm__("1:\n\t"
+            "ldr %[p], [%[u0]], #4\n\t"
+            "ldr %[q], [%[u1]], #4\n\t"
+            "ldrd %[ce], %[co], [%[c]], #8\n\t"
+            "uxtb16 %[x], %[p]\n\t"
+            "uxtb16 %[p], %[p], ror #8\n\t"
+            "uxtb16 %[y], %[q]\n\t"
+            "uxtb16 %[q], %[q], ror #8\n\t"
+            "smlad %[a00], %[x], %[ce], %[a00]\n\t"
+            "smlad %[a00], %[p], %[co], %[a00]\n\t"
+            "smlad %[a10], %[y], %[ce], %[a10]\n\t"
+            "smlad %[a10], %[q], %[co], %[a10]\n\t"
+            "ldrd %[ce], %[co], [%[c], %[off]]\n\t"
+            "smlad %[a01], %[x], %[ce], %[a01]\n\t"
+            "smlad %[a01], %[p], %[co], %[a01]\n\t"
+            "smlad %[a11], %[y], %[ce], %[a11]\n\t"
+            "smlad %[a11], %[q], %[co], %[a11]\n\t"
+            "cmp %[u0], %[end]\n\t"
+            "bne 1b"
+            : [a00] "+&r"(a00), [a01] "+&r"(a01), [a10] "+&r"(a10), [a11] "+&r"(a11), [u0] "+&r"(u0), [u1] "+&r"(u1),
+              [c] "+&r"(c), [p] "=&r"(p), [q] "=&r"(q), [x] "=&r"(x), [y] "=&r"(y), [ce] "=&r"(ce), [co] "=&r"(co)
+            : [end] "r"(end), [off] "I"(2 * ET_WFAN - 8)
+            : "cc", "memory");
+    s[0] = (uint32_t)a00, s[1] = (uint32_t)a01, s[2] = (uint32_t)a10, s[3] = (uint32_t)a11;
+#else
+    uint32_t s00 = s[0], s01 = s[1], s10 = s[2], s11 = s[3];
+    const int16_t *c1 = c + ET_WFAN;
+    for (int k = 0; k < n; k++) {
+        s00 += (uint32_t)(c[k] * u0[k]);
+        s01 += (uint32_t)(c1[k] * u0[k]);
+        s10 += (uint32_t)(c[k] * u1[k]);
+        s11 += (uint32_t)(c1[k] * u1[k]);
+    }
+    s[0] = s00, s[1] = s01, s[2] = s10, s[3] = s11;
+#endif
+}
+
+/* One filter's weights minus their zero point as int16 (each in [-255, 255]), zero beyond fan up to
+ * fan4, in the dot products' order (swizzled on the DSP path); returns their sum. */
+static int32_t et_conv_fwd_weights(const uint8_t *w, int32_t zw, int fan, int fan4, int16_t *c)
+{
+    int k = 0;
+    uint32_t sw = 0; /* sum of the raw weights */
+#if defined(__ARM_FEATURE_DSP)
+    const int32_t zz = (int32_t)((uint32_t)zw * 0x10001u);
+    for (; k + 4 <= fan; k += 4) { /* [w0 w1 w2 w3] -> (w0 - zw, w2 - zw), (w1 - zw, w3 - zw) */
+        const uint32_t v = et_load32(w + k);
+        const int32_t e = (int32_t)__ssub16((int16x2_t)__uxtb16(v), zz);
+        const int32_t o = (int32_t)__ssub16((int16x2_t)et_uxtb16_odd(v), zz);
+        memcpy(c + k, &e, 4);
+        memcpy(c + k + 2, &o, 4);
+        sw = __usada8(v, 0, sw);
+    }
+    if (k < fan) { /* the last, partial group: zeros in its unused taps, then swizzled */
+        for (int j = k; j < fan; j++) c[j] = (int16_t)(w[j] - zw), sw += w[j];
+        for (int j = fan; j < fan4; j++) c[j] = 0;
+        et_swizzle(c + k, 4);
+    }
+#else
+    for (; k < fan; k++) c[k] = (int16_t)(w[k] - zw), sw += w[k];
+    for (; k < fan4; k++) c[k] = 0;
+#endif
+    return (int32_t)(sw - (uint32_t)fan * (uint32_t)zw);
+}
+
+/* Conv2d / Conv1d (H = 1) with a fan-in above ET_WFAN: the reference loop. */
+ET_NOINLINE static void et_conv_fwd_direct(const et_layer *d, const uint8_t *x, const uint8_t *w, int32_t zw,
+                                           const int32_t *b, int32_t m, int32_t shift, uint8_t *y)
 {
     const int ci_n = d->in_c, ih = d->in_h, iw = d->in_w, kh = d->kh, kw = d->kw;
     const int32_t zx = d->in_zp;
@@ -334,45 +448,65 @@ static void et_conv_fwd_direct(const et_layer *d, const uint8_t *x, const uint8_
     }
 }
 
+/* Outputs of one pair of filters (int16 weights c, et_conv_fwd_weights; accumulators starting at base0,
+ * base1) at n gathered positions, two at a time (a small frame of its own keeps GCC's spills cheap). */
+ET_NOINLINE static void et_conv_fwd_rows(const et_rq *rq, const int16_t *c, const uint8_t *u, int32_t n, int fan4,
+                                     uint32_t base0, uint32_t base1, uint8_t *y0, uint8_t *y1)
+{
+    const et_rq q = *rq;
+    const int32_t dy = (int32_t)(y1 - y0);
+    const uint8_t *end = u + (n & ~1) * fan4;
+    for (; u != end; u += 2 * fan4, y0 += 2) {
+        uint32_t s[4] = {base0, base1, base0, base1};
+        et_dot_conv_fwd(c, u, u + fan4, fan4, s);
+        y0[0] = et_rq_apply(&q, s[0]);
+        y0[dy] = et_rq_apply(&q, s[1]);
+        y0[1] = et_rq_apply(&q, s[2]);
+        y0[dy + 1] = et_rq_apply(&q, s[3]);
+    }
+    if (n & 1) { /* an odd last position runs alone (its bytes used twice) */
+        uint32_t s[4] = {base0, base1, base0, base1};
+        et_dot_conv_fwd(c, u, u, fan4, s);
+        y0[0] = et_rq_apply(&q, s[0]);
+        y0[dy] = et_rq_apply(&q, s[1]);
+    }
+}
+
 /* Conv2d / Conv1d (H = 1): cross-correlation with zero padding (the real value 0), 32-bit
- * accumulator that wraps. Two output positions at a time are gathered (et_im2col, c = x - zx) and
- * every pair of filters is run over both: acc = b + sum c w - zw sum c (mod 2**32). */
+ * accumulator that wraps: acc = b + sum (x - zx)(w - zw) = b - zx sum c + sum x c with c = w - zw
+ * (mod 2**32). The raw input bytes of up to ET_CONV_COL / fan4 positions are gathered at a time
+ * (et_conv_fwd_gather); for each pair of filters, c is expanded to int16 (et_conv_fwd_weights) and run over
+ * the gathered positions two at a time (et_dot_conv_fwd). */
 ET_NOINLINE void et_conv_fwd(const et_layer *d, const uint8_t *x, const uint8_t *w, int32_t zw, const int32_t *b,
                              int32_t m, int32_t shift, uint8_t *y)
 {
-    const int32_t fan = (int32_t)d->in_c * d->kh * d->kw, np = (int32_t)d->out_h * d->out_w;
-    const int co_n = d->out_c, ow = d->out_w;
-    const int32_t zy = d->out_zp;
-    if (fan > ET_COL) {
+    const int fan = d->in_c * d->kh * d->kw, fan4 = (fan + 3) & ~3;
+    const int32_t np = (int32_t)d->out_h * d->out_w;
+    const int co_n = d->out_c;
+    if (fan4 > ET_WFAN) {
         et_conv_fwd_direct(d, x, w, zw, b, m, shift, y);
         return;
     }
-    const et_rq rq = et_rq_make(m, shift, zy);
-    int16_t col[2][ET_COL];
-    int oy = 0, ox = 0;
-    for (int32_t p = 0; p < np; p += 2) {
-        const int two = p + 1 < np; /* an odd last position runs alone (its column used twice) */
-        uint32_t sum0 = (uint32_t)et_im2col(d, x, oy, ox, col[0]), sum1 = sum0;
-        if (++ox == ow) ox = 0, oy++;
-        if (two) {
-            sum1 = (uint32_t)et_im2col(d, x, oy, ox, col[1]);
-            if (++ox == ow) ox = 0, oy++;
-            et_swizzle(col[1], fan & ~3);
-        }
-        et_swizzle(col[0], fan & ~3);
-        const int16_t *c1 = two ? col[1] : col[0];
+    const et_rq rq = et_rq_make(m, shift, d->out_zp);
+    const uint32_t zx = (uint32_t)d->in_zp;
+    const int32_t chunk = ((ET_CONV_COL - 4) / fan4) & ~1;
+    ET_ALIGN8 int16_t c[2 * ET_WFAN];
+    ET_ALIGN8 uint8_t col[ET_CONV_COL];
+    ET_ALIGN8 uint8_t xp[ET_CONV_PAD];
+    int16_t tab[ET_WFAN];
+    const int padded = et_conv_fwd_pad(d, x, xp, tab);
+    for (int32_t p0 = 0; p0 < np; p0 += chunk) {
+        const int32_t p1 = np - p0 < chunk ? np : p0 + chunk;
+        if (padded)
+            et_conv_fwd_gather(d, xp, tab, p0, p1, fan4, col);
+        else
+            et_conv_fwd_gather_bounds(d, x, p0, p1, fan4, col);
         for (int co = 0; co < co_n; co += 2) {
-            const int pair = co + 1 < co_n; /* an odd last filter runs twice */
-            const uint8_t *w0 = w + co * fan;
-            uint32_t s[4];
-            et_dot_2x2(col[0], c1, w0, pair ? w0 + fan : w0, fan, s);
-            uint8_t *yo = y + co * np + p;
-            yo[0] = et_rq_apply(&rq, (uint32_t)b[co] + s[0] - (uint32_t)zw * sum0);
-            if (two) yo[1] = et_rq_apply(&rq, (uint32_t)b[co] + s[1] - (uint32_t)zw * sum1);
-            if (pair) {
-                yo[np] = et_rq_apply(&rq, (uint32_t)b[co + 1] + s[2] - (uint32_t)zw * sum0);
-                if (two) yo[np + 1] = et_rq_apply(&rq, (uint32_t)b[co + 1] + s[3] - (uint32_t)zw * sum1);
-            }
+            const int c1 = co + 1 < co_n ? co + 1 : co; /* an odd last filter runs twice, written twice */
+            const uint32_t base0 = (uint32_t)b[co] - zx * (uint32_t)et_conv_fwd_weights(w + co * fan, zw, fan, fan4, c);
+            const uint32_t base1 = (uint32_t)b[c1] -
+                zx * (uint32_t)et_conv_fwd_weights(w + c1 * fan, zw, fan, fan4, c + ET_WFAN);
+            et_conv_fwd_rows(&rq, c, col, p1 - p0, fan4, base0, base1, y + co * np + p0, y + c1 * np + p0);
         }
     }
 }
