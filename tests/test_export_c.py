@@ -125,10 +125,11 @@ def _build_small_nets() -> dict[str, tuple[nn.Sequential, tuple[int, ...], int]]
                                       nn.Flatten(), nn.Linear(63, 5)), (3, 12, 12), 5),
         # the forward's fallbacks: a padded input (1 x 48 x 48) larger than the C's padded-copy buffer
         # (ET_CONV_PAD, 2048 bytes: gather with bounds checks), a fan-in of 270 above ET_WFAN (256: the
-        # reference loop); a 2 x 2 stride-2 conv between them
+        # reference loop, here with stride 2); between them a 2 x 2 kernel of stride 1 (the weight
+        # gradient's path for kernels at most 3 wide, with 2 taps per row)
         "conv2d_edge": (nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.MaxPool2d(4),
-                                      nn.Conv2d(3, 30, 2, stride=2), nn.ReLU(), nn.Conv2d(30, 4, 3),
-                                      nn.Flatten(), nn.Linear(36, 5)), (1, 46, 46), 5),
+                                      nn.Conv2d(3, 30, 2), nn.ReLU(), nn.Conv2d(30, 4, 3, stride=2),
+                                      nn.Flatten(), nn.Linear(64, 5)), (1, 46, 46), 5),
     }
 
 
@@ -461,7 +462,8 @@ def test_target_m4_each_layer_type_bit_exact(small_models, tmp_path, name, monke
     case.assert_same(run.output)
     _check_arena(case, run)
     if edge:  # the fallbacks ran (and gave the same bytes)
-        for fn in ("et_conv_fwd_gather_bounds", "et_conv_fwd_direct", "et_conv_fwd_gather", "et_conv_fwd_rows"):
+        for fn in ("et_conv_fwd_gather_bounds", "et_conv_fwd_direct", "et_conv_fwd_gather", "et_conv_fwd_rows",
+                   "et_conv_grad_row_k3"):
             assert run.counts.get(fn, 0) > 0, f"{fn} did not execute: {sorted(run.counts)}"
 
 

@@ -36,8 +36,8 @@ CONV_FORWARD = ("et_conv_fwd", "et_conv_fwd_pad", "et_conv_fwd_gather", "et_conv
 """The convolution forward and the helpers it calls (padded input copy, operand gather, int16 weights,
 the dot products and requantization, the wide fan-in fallback): every function named ``et_conv_fwd*``."""
 FORWARD = ("et_dense_fwd", *CONV_FORWARD, "et_relu_fwd", "et_maxpool_fwd", "et_gap_fwd")
-BACKWARD_MAC = ("et_dense_grad_row", "et_conv_grad_row", "et_conv_grad_row_s1", "et_tap_errors",
-                "et_dense_bwd_input", "et_conv_bwd_input")
+BACKWARD_MAC = ("et_dense_grad_row", "et_conv_grad_row", "et_conv_grad_row_k3", "et_conv_grad_row_s1",
+                "et_tap_errors", "et_dense_bwd_input", "et_conv_bwd_input")
 """The backward kernels that do the MACs the ledger counts (weight gradients, input errors)."""
 BACKWARD = ("et_loss_error", "et_saturate", "et_select_rows", "et_relu_bwd", "et_maxpool_bwd", "et_gap_bwd",
             *BACKWARD_MAC)

@@ -563,64 +563,135 @@ ET_NOINLINE void et_loss_error(const uint8_t *logits, int classes, int label, co
 
 /* -- backward (train.fqt.kernels) --------------------------------------------------------------- */
 
+/* n bytes of value v (counted with the kernel that calls it, not as a memset call). */
+ET_NO_MEMSET static inline void et_fill(uint8_t *p, int32_t v, int32_t n)
+{
+    int32_t i = 0;
+#if defined(__ARM_FEATURE_DSP)
+    const uint32_t v4 = (uint32_t)(uint8_t)v * 0x01010101u;
+    for (; i + 4 <= n; i += 4) et_st32(p + i, v4);
+#endif
+    for (; i < n; i++) p[i] = (uint8_t)v;
+}
+
+#if defined(__ARM_FEATURE_DSP)
+/* Per byte i: a_i >= b_i ? x_i : y_i (USUB8 sets the GE flags, SEL picks by them). */
+static inline uint32_t et_sel_ge(uint32_t a, uint32_t b, uint32_t x, uint32_t y)
+{
+    uint32_t r;
+    __asm__("usub8 %0, %1, %2\n\tsel %0, %3, %4" : "=&r"(r) : "r"(a), "r"(b), "r"(x), "r"(y) : "cc");
+    return r;
+}
+#endif
+
 /* saturation_grad: zero error where the output sits at an end of its range and the error would
  * push it further out. `out` is the layer's output, after an in-place ReLU (equivalent: the ReLU's
- * backward has already zeroed the error wherever the ReLU changed the value). */
+ * backward has already zeroed the error wherever the ReLU changed the value). The same as clamping e
+ * to [ze, 255] where out = 255 and to [0, ze] where out = 0: four bytes at a time with USUB8/SEL. */
 ET_NOINLINE void et_saturate(uint8_t *e, const uint8_t *out, int32_t n, int32_t ze)
 {
-    for (int32_t i = 0; i < n; i++) {
+    int32_t i = 0;
+#if defined(__ARM_FEATURE_DSP)
+    const uint32_t z4 = (uint32_t)ze * 0x01010101u, ones = 0x01010101u, full = 0xFFFFFFFFu;
+    for (; i + 4 <= n; i += 4) {
+        const uint32_t o = et_ld32(out + i);
+        const uint32_t hi = et_sel_ge(o, ones, full, z4); /* ze where out = 0, else 255 */
+        const uint32_t lo = et_sel_ge(o, full, z4, 0);    /* ze where out = 255, else 0 */
+        uint32_t v = et_ld32(e + i);
+        v = et_sel_ge(v, lo, v, lo); /* max(v, lo) */
+        v = et_sel_ge(v, hi, hi, v); /* min(v, hi) */
+        et_st32(e + i, v);
+    }
+#endif
+    for (; i < n; i++) {
         const int32_t ec = (int32_t)e[i] - ze;
         if ((ec < 0 && out[i] == 255) || (ec > 0 && out[i] == 0)) e[i] = (uint8_t)ze;
     }
 }
 
 /* relu_grad: pass the error where the ReLU's output is above its zero point (in place). */
-ET_NOINLINE void et_relu_bwd(uint8_t *e, const uint8_t *out, int32_t n, int32_t z_act, int32_t ze)
+ET_NO_MEMSET ET_NOINLINE void et_relu_bwd(uint8_t *e, const uint8_t *out, int32_t n, int32_t z_act, int32_t ze)
 {
-    for (int32_t i = 0; i < n; i++)
+    if (z_act >= 255) { /* no output is above the top of the range */
+        et_fill(e, ze, n);
+        return;
+    }
+    int32_t i = 0;
+#if defined(__ARM_FEATURE_DSP)
+    const uint32_t t4 = (uint32_t)(z_act + 1) * 0x01010101u, z4 = (uint32_t)ze * 0x01010101u;
+    for (; i + 4 <= n; i += 4) et_st32(e + i, et_sel_ge(et_ld32(out + i), t4, et_ld32(e + i), z4));
+#endif
+    for (; i < n; i++)
         if (!(out[i] > z_act)) e[i] = (uint8_t)ze;
 }
 
-/* maxpool_grad: each window's error goes to its first maximum in scan order. */
-ET_NOINLINE void et_maxpool_bwd(const et_layer *d, const uint8_t *e_out, const uint8_t *x, uint8_t *e_in,
-                                int32_t ze)
+/* maxpool_grad: each window's error goes to the first largest input of the window (row-major order),
+ * ze elsewhere; windows do not overlap. A 2 x 2 window is unrolled. */
+ET_NO_MEMSET ET_NOINLINE void et_maxpool_bwd(const et_layer *d, const uint8_t *e_out, const uint8_t *x, uint8_t *e_in,
+                                             int32_t ze)
 {
-    memset(e_in, ze, (size_t)d->in_c * d->in_h * d->in_w);
-    for (int c = 0; c < d->out_c; c++)
-        for (int oy = 0; oy < d->out_h; oy++)
-            for (int ox = 0; ox < d->out_w; ox++) {
-                const int32_t base = ((int32_t)c * d->in_h + oy * d->sh) * d->in_w + ox * d->sw;
-                int32_t arg = base;
-                for (int ky = 0; ky < d->kh; ky++)
-                    for (int kx = 0; kx < d->kw; kx++)
-                        if (x[base + ky * d->in_w + kx] > x[arg]) arg = base + ky * d->in_w + kx;
-                e_in[arg] = e_out[((int32_t)c * d->out_h + oy) * d->out_w + ox];
+    /* the layer's fields in locals: stores through uint8_t pointers may alias anything */
+    const int iw = d->in_w, ih = d->in_h, oh = d->out_h, ow = d->out_w, sh = d->sh, sw = d->sw, kh = d->kh,
+              kw = d->kw, channels = d->out_c;
+    et_fill(e_in, ze, (int32_t)d->in_c * ih * iw);
+    for (int c = 0; c < channels; c++)
+        for (int oy = 0; oy < oh; oy++) {
+            const int32_t row = ((int32_t)c * ih + oy * sh) * iw;
+            const uint8_t *eo = e_out + ((int32_t)c * oh + oy) * ow;
+            if (kh == 2 && kw == 2) {
+                for (int ox = 0; ox < ow; ox++) {
+                    const int32_t base = row + ox * sw;
+                    const uint8_t *w = x + base;
+                    int32_t arg = base;
+                    uint8_t best = w[0];
+                    if (w[1] > best) best = w[1], arg = base + 1;
+                    if (w[iw] > best) best = w[iw], arg = base + iw;
+                    if (w[iw + 1] > best) arg = base + iw + 1;
+                    e_in[arg] = eo[ox];
+                }
+                continue;
             }
+            for (int ox = 0; ox < ow; ox++) {
+                const int32_t base = row + ox * sw;
+                int32_t arg = base;
+                for (int ky = 0; ky < kh; ky++)
+                    for (int kx = 0; kx < kw; kx++)
+                        if (x[base + ky * iw + kx] > x[arg]) arg = base + ky * iw + kx;
+                e_in[arg] = eo[ox];
+            }
+        }
 }
 
 /* global_avg_pool_grad: every position gets requant(e - ze) at scale s_e / positions. */
-ET_NOINLINE void et_gap_bwd(const et_layer *d, const uint8_t *e_out, uint8_t *e_in, int32_t ze)
+ET_NO_MEMSET ET_NOINLINE void et_gap_bwd(const et_layer *d, const uint8_t *e_out, uint8_t *e_in, int32_t ze)
 {
     const int32_t p = (int32_t)d->in_h * d->in_w;
     for (int c = 0; c < d->in_c; c++)
-        memset(e_in + c * p, et_requant((int32_t)e_out[c] - ze, d->err_m, d->err_shift, ze), (size_t)p);
+        et_fill(e_in + c * p, et_requant((int32_t)e_out[c] - ze, d->err_m, d->err_shift, ze), p);
 }
 
 /* partial_mask + prune_error_per_sample for one sample: keep the k rows with the largest sum of
  * |e - ze| (ties keep the lower index), k from dynamic_k with the running maximum e_max. Writes the
  * kept rows (ascending) to `kept`, zeroes the others in `e`, returns k. */
-ET_NOINLINE int et_select_rows(uint8_t *e, int rows, int32_t positions, int32_t ze, double e_scale, double *e_max,
-                               double lam_min, double lam_max, int32_t *sums, uint16_t *kept)
+ET_NO_MEMSET ET_NOINLINE int et_select_rows(uint8_t *e, int rows, int32_t positions, int32_t ze, double e_scale,
+                                            double *e_max, double lam_min, double lam_max, int32_t *sums,
+                                            uint16_t *kept)
 {
     int64_t total = 0;
     for (int r = 0; r < rows; r++) {
-        int32_t s = 0;
-        for (int32_t p = 0; p < positions; p++) {
-            const int32_t ec = (int32_t)e[r * positions + p] - ze;
-            s += ec < 0 ? -ec : ec;
+        const uint8_t *er = e + r * positions;
+        uint32_t s = 0;
+        int32_t p = 0;
+#if defined(__ARM_FEATURE_DSP)
+        const uint32_t z4 = (uint32_t)ze * 0x01010101u;
+        for (; p + 4 <= positions; p += 4) s = __usada8(et_ld32(er + p), z4, s); /* sum |e - ze| of 4 bytes */
+#endif
+        for (; p < positions; p++) {
+            const int32_t ec = (int32_t)er[p] - ze;
+            s += (uint32_t)(ec < 0 ? -ec : ec);
         }
-        sums[r] = s;
-        total += s;
+        sums[r] = (int32_t)s;
+        total += (int32_t)s;
     }
     const double level = (double)total / (double)((int64_t)positions * rows) * e_scale;
     const double running = level > *e_max ? level : *e_max;
@@ -640,7 +711,7 @@ ET_NOINLINE int et_select_rows(uint8_t *e, int rows, int32_t positions, int32_t 
         if (rank < k)
             kept[n++] = (uint16_t)r;
         else
-            memset(e + r * positions, ze, (size_t)positions);
+            et_fill(e + r * positions, ze, positions);
     }
     return n;
 }
@@ -822,11 +893,100 @@ ET_NO_MEMSET static inline int et_conv_grad_row_s1(const et_layer *d, const uint
     return 1;
 }
 
+/* r[kx] += sum over n blocks i of sum_j c[4 i + j] a_i[j + kx], kx < 3: c holds blocks of 4 (swizzled),
+ * a_i = a + i * step (et_conv_grad_row_k3). */
+static inline void et_k3_blocks(const int16_t *c, const uint8_t *a, int n, int step, uint32_t r[3])
+{
+    uint32_t r0 = r[0], r1 = r[1], r2 = r[2];
+    for (const int16_t *end = c + 4 * n; c != end; c += 4, a += step) {
+#if defined(__ARM_FEATURE_DSP)
+        const int32_t ce = (int32_t)et_ld32(c), co = (int32_t)et_ld32(c + 2);
+        const uint32_t p = et_ld32(a), q = et_ld32(a + 2);
+        const int32_t a02 = (int32_t)__uxtb16(p), a13 = et_uxtb16_odd(p);
+        const int32_t a24 = (int32_t)__uxtb16(q), a35 = et_uxtb16_odd(q);
+        r0 = (uint32_t)__smlad(a13, co, __smlad(a02, ce, (int32_t)r0));
+        r1 = (uint32_t)__smlad(a24, co, __smlad(a13, ce, (int32_t)r1));
+        r2 = (uint32_t)__smlad(a35, co, __smlad(a24, ce, (int32_t)r2));
+#else
+        for (int j = 0; j < 4; j++) {
+            r0 += (uint32_t)(c[j] * a[j]);
+            r1 += (uint32_t)(c[j] * a[j + 1]);
+            r2 += (uint32_t)(c[j] * a[j + 2]);
+        }
+#endif
+    }
+    r[0] = r0, r[1] = r1, r[2] = r2;
+}
+
+/* Stride 1 with kernels at most 3 wide: the errors are laid out once per filter in blocks of 4
+ * output columns (ec, e - ze, 0 past the row's end, swizzled), and each input channel is copied into
+ * a buffer whose rows hold a whole number of blocks plus the 2 columns the taps reach beyond them, za
+ * in the padding. For output row oy, block b and kernel row ky, two word loads at column 4 b (+ 2) of
+ * buffer row oy + ky give the bytes a0 .. a5, which UXTB16 splits into (a0, a2), (a1, a3), (a2, a4),
+ * (a3, a5): each of the 3 taps kx is then 2 SMLADs with the block's two words of errors (12 MACs from
+ * 2 loads, 4 UXTB16 and 6 SMLADs). g = sum ec a - za sum ec, as in et_conv_grad_row_s1. Returns 0
+ * where the layer does not qualify or the buffers are too small. */
+ET_NO_MEMSET ET_NOINLINE static int et_conv_grad_row_k3(const et_layer *d, const uint8_t *e_row, int32_t ze,
+                                                        const uint8_t *a, int32_t *g, int add)
+{
+    const int ih = d->in_h, iw = d->in_w, kh = d->kh, kw = d->kw, oh = d->out_h, ow = d->out_w;
+    if (d->sh != 1 || d->sw != 1 || kw > 3 || oh < 1 || ow < 1) return 0;
+    const int nb = (ow + 3) / 4, stride = 4 * nb + 2, rows = oh + kh - 1;
+    if (oh * nb * 4 > ET_COL || rows * stride + 4 > 2 * ET_COL) return 0;
+    ET_ALIGN8 int16_t ec[ET_COL];
+    ET_ALIGN8 uint8_t ap[2 * ET_COL + 4];
+    int32_t esum = 0;
+    {
+        int16_t *c = ec;
+        for (int oy = 0; oy < oh; oy++) {
+            const uint8_t *er = e_row + oy * ow;
+            for (int ox = 0; ox < 4 * nb; ox++) {
+                const int32_t v = ox < ow ? (int32_t)er[ox] - ze : 0;
+                esum += v;
+                *c++ = (int16_t)v;
+            }
+        }
+        et_swizzle(ec, oh * nb * 4);
+    }
+    const uint32_t corr = (uint32_t)d->in_zp * (uint32_t)esum;
+    const uint32_t za4 = (uint32_t)d->in_zp * 0x01010101u;
+    for (int i = 0; i < rows * stride + 4; i += 4) et_st32(ap + i, za4);
+    /* buffer row y <-> input row y - ph, column x <-> input column x - pw */
+    const int y0 = d->ph, x0 = d->pw;
+    const int ny = ih < rows - y0 ? ih : rows - y0, nx = iw < stride - x0 ? iw : stride - x0;
+    for (int ci = 0; ci < d->in_c; ci++) {
+        const uint8_t *ac = a + (int32_t)ci * ih * iw;
+        for (int y = 0; y < ny; y++) {
+            uint8_t *dr = ap + (y0 + y) * stride + x0;
+            const uint8_t *sr = ac + y * iw;
+            int x = 0;
+            for (; x + 4 <= nx; x += 4) et_st32(dr + x, et_ld32(sr + x));
+            for (; x < nx; x++) dr[x] = sr[x];
+        }
+        int32_t *gc = g + (int32_t)ci * kh * kw;
+        for (int ky = 0; ky < kh; ky++, gc += kw) {
+            uint32_t r[3] = {0, 0, 0};
+            const uint8_t *ar = ap + ky * stride;
+            if (nb == 1) {
+                et_k3_blocks(ec, ar, oh, stride, r);
+            } else {
+                for (int oy = 0; oy < oh; oy++, ar += stride) et_k3_blocks(ec + oy * nb * 4, ar, nb, 4, r);
+            }
+            const uint32_t r0 = r[0], r1 = r[1], r2 = r[2];
+            gc[0] = (int32_t)((add ? (uint32_t)gc[0] : 0u) + r0 - corr);
+            if (kw > 1) gc[1] = (int32_t)((add ? (uint32_t)gc[1] : 0u) + r1 - corr);
+            if (kw > 2) gc[2] = (int32_t)((add ? (uint32_t)gc[2] : 0u) + r2 - corr);
+        }
+    }
+    return 1;
+}
+
 ET_NO_MEMSET ET_NOINLINE void et_conv_grad_row(const et_layer *d, const uint8_t *e_row, int32_t ze, const uint8_t *a,
                                                int32_t *g, int add)
 {
     const int ih = d->in_h, iw = d->in_w, kh = d->kh, kw = d->kw, ci_n = d->in_c;
     const int32_t hw = (int32_t)ih * iw, za = d->in_zp;
+    if (et_conv_grad_row_k3(d, e_row, ze, a, g, add)) return;
     int16_t c[2 * ET_COL]; /* the stride-1 path: ec in the first half, the padded channel in the second */
     if (et_conv_grad_row_s1(d, e_row, ze, a, g, add, c, (uint8_t *)(void *)(c + ET_COL))) return;
     for (int ky = 0; ky < kh; ky++)
