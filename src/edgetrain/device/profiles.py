@@ -142,24 +142,24 @@ Device = MCU | FPGA | NVM
 
 # Cycles per MAC = instructions per MAC of edgetrain's generated C (measured) x cycles per
 # instruction (assumed). Measured: QEMU 7.2 TCG plugin counts of executed instructions in the
-# forward convolution kernels (et_conv_fwd + its operand gather et_im2col) per convolution MAC,
+# forward convolution kernels (et_conv_fwd and the et_conv_fwd_* helpers it calls) per convolution MAC,
 # digits CNN, `python benchmarks/bench_mcu.py` (2026-11-21). QEMU counts instructions, not cycles:
 # the cycles-per-instruction factors are model assumptions stated per core.
-_M0P_IPM = 8.94
+_M0P_IPM = 8.79
 _M0P_CPI = 1.3
 _M0P_CPM = round(_M0P_IPM * _M0P_CPI, 2)
 _M0P_CPM_BASIS = (
     f"derived: {_M0P_IPM} instructions/MAC measured for edgetrain's generated C convolution "
     "(ARMv6-M build, no SIMD; QEMU instruction count, benchmarks/bench_mcu.py) x an assumed "
     f"{_M0P_CPI} cycles/instruction (2-cycle loads and taken branches on the M0+ pipeline)")
-_M4_IPM = 4.39
+_M4_IPM = 2.33
 _M4_CPI = 1.2
 _M4_CPM = round(_M4_IPM * _M4_CPI, 2)
 _M4_CPM_BASIS = (
     f"derived: {_M4_IPM} instructions/MAC measured for edgetrain's generated C convolution "
-    "(SMLAD on gathered int16 operands; QEMU instruction count, benchmarks/bench_mcu.py) x an assumed "
-    f"{_M4_CPI} cycles/instruction (single-cycle SMLAD/UXTB16, 2-cycle unpipelined loads)")
-_M7_IPM = 4.32
+    "(SMLAD: gathered input bytes against int16 weights; QEMU instruction count, benchmarks/bench_mcu.py) "
+    f"x an assumed {_M4_CPI} cycles/instruction (single-cycle SMLAD/UXTB16, 2-cycle unpipelined loads)")
+_M7_IPM = 2.33
 _M7_CPI = 0.7
 _M7_CPM = round(_M7_IPM * _M7_CPI, 2)
 _M7_CPM_BASIS = (
