@@ -145,13 +145,34 @@ def build_parser() -> argparse.ArgumentParser:
 
     ec = sub.add_parser("export-c", help="generate C that runs and trains a saved uint8 model on a Cortex-M")
     ec.add_argument("model", help="a model file saved by 'edgetrain pretrain --format uint8'")
-    ec.add_argument("--train", choices=("fqt",), default="fqt",
-                    help="on-device training method compiled in: fqt (fully quantized training, SGD)")
+    ec.add_argument("--train", choices=("fqt", "es"), default="fqt",
+                    help="on-device training method compiled in: fqt (fully quantized training, SGD) or es "
+                    "(forward-only evolution strategies)")
     ec.add_argument("--layers", default="last:2", help="trained parameters: last:K, bias:last:K, all, or indices")
-    ec.add_argument("--update-rate", type=float, default=0.1,
-                    help="dynamic partial updates: at most this fraction of rows/filters per sample (1 = all)")
-    ec.add_argument("--lr", type=float, default=0.1, help="SGD learning rate")
-    ec.add_argument("--batch", type=_positive, default=8, help="samples per update (gradient accumulation)")
+    ec.add_argument("--update-rate", type=float, default=None,
+                    help="fqt: dynamic partial updates, at most this fraction of rows/filters per sample "
+                    "(1 = all; default 0.1)")
+    ec.add_argument("--lr", type=float, default=None, help="learning rate (fqt: SGD, default 0.1; es: in LSBs, "
+                    "default 8)")
+    ec.add_argument("--batch", type=_positive, default=None,
+                    help="samples per update (fqt: gradient accumulation, default 8; es: mini-batch = ring buffer, "
+                    "default 16)")
+    ec.add_argument("--estimator", choices=("spsa", "one-plus-one", "antithetic"), default=None,
+                    help="es: the estimator (default spsa)")
+    ec.add_argument("--sigma", type=float, default=None, help="es: perturbation scale in LSBs (default 8)")
+    ec.add_argument("--population", type=_positive, default=None,
+                    help="es antithetic: members per generation (2 or 4; default 4)")
+    ec.add_argument("--directions", type=_positive, default=None, help="es spsa: perturbation pairs (default 1)")
+    ec.add_argument("--distribution", choices=("rademacher", "uniform", "gaussian"), default=None,
+                    help="es: noise distribution (default rademacher)")
+    ec.add_argument("--rounding", choices=("stochastic", "floor", "nearest"), default=None,
+                    help="es: rounding of the update (default stochastic)")
+    ec.add_argument("--fitness", choices=("accuracy", "ce"), default=None,
+                    help="es: member fitness (default accuracy; ce is Python-only)")
+    ec.add_argument("--source", choices=("lfsr", "torch"), default=None,
+                    help="es: random source (default lfsr; torch is Python-only)")
+    ec.add_argument("--buffer", type=_positive, default=None,
+                    help="es: samples in the ring buffer (must equal --batch for the C export)")
     ec.add_argument("--device", default="cortex-m4", help="device profile: its SRAM bounds the arena; "
                     "cortex-m0+/m4/m7 pick the emulated CPU")
     ec.add_argument("--check", default="host", choices=("none", "host", "target", "both"),
@@ -260,9 +281,24 @@ def _dispatch(args: argparse.Namespace) -> int:
     elif args.command == "export-c":
         from .experiments.export_c import export_c
 
-        export_c(args.model, args.out, layers=args.layers, update_rate=args.update_rate, lr=args.lr,
-                 batch=args.batch, device=args.device, check_mode=args.check, steps=args.steps, seed=args.seed,
-                 data_dir=args.data_dir, json_path=args.json_path)
+        es_keys = ("estimator", "sigma", "population", "directions", "distribution", "rounding", "fitness", "source",
+                   "buffer")
+        common = {k: v for k, v in (("lr", args.lr), ("batch", args.batch)) if v is not None}
+        es_given = {k: getattr(args, k) for k in es_keys if getattr(args, k) is not None}
+        run = dict(device=args.device, check_mode=args.check, steps=args.steps, seed=args.seed,
+                   data_dir=args.data_dir, json_path=args.json_path)
+        if args.train == "es":
+            if args.update_rate is not None:
+                raise ValueError("--update-rate applies to --train fqt only")
+            from .experiments.export_c import export_c_es
+
+            export_c_es(args.model, args.out, layers=args.layers, **common, **es_given, **run)
+        else:
+            if es_given:
+                raise ValueError(f"{', '.join('--' + k for k in es_given)} appl{'ies' if len(es_given) == 1 else 'y'} "
+                                 "to --train es only")
+            rate = {} if args.update_rate is None else {"update_rate": args.update_rate}
+            export_c(args.model, args.out, layers=args.layers, **rate, **common, **run)
     elif args.command == "run":
         from .experiments.config import load_config
         from .experiments.runner import run_config

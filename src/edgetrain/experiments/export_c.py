@@ -7,6 +7,10 @@ the model's own dataset: on the host (``gcc``, with ``sanitize`` under ASan/UBSa
 device's emulated Cortex-M (``qemu-system-arm``), comparing every logit, weight, bias and format
 byte for byte with the Python reference. On the target it also reports code size, static RAM
 against the planner's arena, and instructions executed per phase (``measure_phases``).
+
+``export_c_es`` does the same for forward-only training by evolution strategies (``--train es``,
+``export.generate.export_es``), checked against ``ESTrainer.step``, with the arena of
+``cost.es_memory`` and the instructions of one generation on the target.
 """
 
 from __future__ import annotations
@@ -17,15 +21,18 @@ from pathlib import Path
 import torch
 
 from ..cost import Ledger
+from ..cost.es_memory import es_plan
+from ..cost.memory import fits, flash_bytes
 from ..cost.training_memory import check_training_fits
 from ..data import load_dataset
 from ..device import get_device
 from ..export import check, toolchain
-from ..export.generate import Export, export_fqt
+from ..export.generate import Export, check_es_exportable, export_es, export_fqt
 from ..model import DeployedModel
 from ..model.forward import quantize_input
 from ..model.io import load_model
 from ..report import make_record, print_table, write_json
+from ..train.es.trainer import ESTrainer
 from ..train.fqt.optimizer import Optimizer
 from ..train.fqt.trainer import FQTTrainer
 
@@ -153,5 +160,115 @@ def _verdict(model: DeployedModel, export: Export, want: bytes, got: bytes, step
     return f"bit-exact over {steps} steps ({len(got):,} B)" if m is None else f"MISMATCH at {m}"
 
 
-__all__ = ["BACKWARD", "BACKWARD_MAC", "CHECKS", "CONV_FORWARD", "FORWARD", "UPDATE", "check_samples", "export_c",
-           "fqt_trainer", "measure_phases"]
+# -- forward-only ES (--train es) ---------------------------------------------------------------------------
+
+ES_FUNCTIONS_PREFIX = "et_es_"
+
+
+def es_trainer(layers: str = "last:2", estimator: str = "spsa", sigma: float = 8.0, lr: float = 8.0, batch: int = 16,
+               population: int = 4, directions: int = 1, distribution: str = "rademacher",
+               rounding: str = "stochastic", fitness: str = "accuracy", source: str = "lfsr",
+               buffer: int | None = None) -> ESTrainer:
+    """The ``ESTrainer`` of ``export-c --train es``: the ring buffer holds one mini-batch (``buffer``
+    defaults to ``batch``); ``export.generate.check_es_exportable`` refuses what the C does not reproduce."""
+    return ESTrainer(estimator=estimator, params=layers, population=population, directions=directions, sigma=sigma,
+                     lr=lr, distribution=distribution, source=source, rounding=rounding, fitness=fitness,
+                     buffer=batch if buffer is None else buffer, batch=batch)
+
+
+def es_generation_instructions(export: Export, x: torch.Tensor, y: torch.Tensor, per_step: int,
+                               probes: torch.Tensor, with_training: int, cpu: str, ram_bytes: int) -> float:
+    """Instructions of one ES generation on ``cpu``: the instructions of the run that trained
+    (``with_training``, the ``[total]`` count of a run of ``encode_input(x, y, per_step, probes)``) minus
+    those of a run that makes the same predictions without training, per generation. The predictions see
+    the initial parameters instead of the trained ones, and the state is written once instead of once
+    per step: both change the count by far less than 1%."""
+    steps = x.shape[0] // per_step
+    same = torch.cat([torch.cat([x[s * per_step:(s + 1) * per_step], probes]) for s in range(steps)])
+    run = check.run_target(export, check.encode_input(x[:0], y[:0], per_step, same), cpu, plugin=True,
+                           ram_bytes=ram_bytes)
+    return (with_training - (run.counts or {}).get("[total]", 0)) / steps
+
+
+def export_c_es(model_path: str, out: str, layers: str = "last:2", estimator: str = "spsa", sigma: float = 8.0,
+                lr: float = 8.0, batch: int = 16, population: int = 4, directions: int = 1,
+                distribution: str = "rademacher", rounding: str = "stochastic", fitness: str = "accuracy",
+                source: str = "lfsr", buffer: int | None = None, device: str = "cortex-m4", check_mode: str = "host",
+                steps: int = 50, seed: int = 0, data_dir: str | None = None, json_path: str | None = None) -> dict:
+    """``export_c`` for forward-only ES (``export.generate.export_es``): export, check ``steps``
+    generations of ``batch`` samples each against ``ESTrainer.step`` byte for byte, and report the arena
+    (``cost.es_memory``) next to ``ESTrainer.extra_memory``; on the target also the code size and the
+    instructions of one generation (``es_generation_instructions``)."""
+    if check_mode not in CHECKS:
+        raise ValueError(f"--check must be one of {CHECKS}, got {check_mode!r}")
+    if steps < 1:
+        raise ValueError(f"--steps must be at least 1, got {steps}")
+    t0 = time.perf_counter()
+    dev = get_device(device)
+    model = load_model(model_path)
+    trainer = es_trainer(layers, estimator, sigma, lr, batch, population, directions, distribution, rounding,
+                         fitness, source, buffer)
+    check_es_exportable(model, trainer, seed)
+    names = trainer.writes(model)
+    plan = es_plan(model, names, batch=batch, members=trainer.members)
+    fit = fits(dev, plan, flash_bytes(model))
+    if not fit:
+        raise ValueError(f"ES training of {list(names)} does not fit {dev.name}\n{fit}")
+    export = export_es(model, trainer, out, seed)
+    sram = getattr(dev, "sram_bytes", None)
+    extra = trainer.extra_memory(model)
+    items = export.manifest["ram_items"]
+    row = {"out": str(export.out_dir), "trained": ",".join(names), "arena bytes": export.arena_bytes,
+           "of which member copy": items["member_copy"], "ESTrainer.extra_memory": extra["total"],
+           f"{dev.name} SRAM": sram}
+    result: dict = {"arena_bytes": export.arena_bytes, "peak_bytes": export.manifest["peak_bytes"],
+                    "ram_items": items, "python_extra_memory": extra}
+    if check_mode != "none":
+        x, y, probes = check_samples(model, steps, batch, seed=seed, data_dir=data_dir)
+        result["forwards"] = steps * (trainer.members * batch + batch + probes.shape[0])
+        data = check.encode_input(x, y, batch, probes)
+        want = check.es_reference_output(model, trainer, x, y, batch, probes, seed=seed)
+        if check_mode in ("host", "both"):
+            got = check.run_host(export, data)
+            result["host"] = _es_verdict(model, export, want, got, steps, batch, probes.shape[0])
+            row["host check"] = result["host"]
+        if check_mode in ("target", "both"):
+            cpu = toolchain.cpu_for_device(device)
+            ram = sram or toolchain.BOARD_RAM_BYTES
+            run = check.run_target(export, data, cpu, plugin=True, ram_bytes=ram)
+            result["target"] = _es_verdict(model, export, want, run.output, steps, batch, probes.shape[0])
+            result.update(target_cpu=cpu, size=run.size, arena_symbol_bytes=run.arena_symbol_bytes,
+                          instructions=run.counts)
+            total = (run.counts or {}).get("[total]", 0)
+            per_gen = es_generation_instructions(export, x, y, batch, probes, total, cpu, ram)
+            result["instructions_per_generation"] = per_gen
+            row.update({f"{cpu} check": result["target"], "code bytes": run.size.get("text"),
+                        "static RAM bytes": run.size.get("ram"), "arena symbol bytes": run.arena_symbol_bytes,
+                        "instructions per generation": round(per_gen)})
+    title = (f"C export of {Path(model_path).name} (uint8, {trainer.name}, {trainer.distribution}, "
+             f"{trainer.members} members x {batch} samples)")
+    print_table([{"item": k, "value": v} for k, v in row.items()], title=title)
+    activations = items["activations"]
+    rec = make_record(method=trainer.name, dataset=model.meta.get("dataset"), model=model.meta.get("arch"),
+                      fmt="uint8", shift="none", device=dev.name, seed=seed,
+                      accuracy={"clean": None, "shifted": None, "final": None, "reference": None},
+                      ledger=Ledger(train_ram_bytes=export.arena_bytes,
+                                    extra_memory_bytes=export.arena_bytes - activations,
+                                    flash_bytes=result.get("size", {}).get("flash"),
+                                    wall_s=time.perf_counter() - t0).to_dict(),
+                      export=result, params=list(names), manifest=export.manifest)
+    if json_path:
+        write_json(json_path, rec)
+    if any(result.get(k, "bit-exact").startswith("MISMATCH") for k in ("host", "target")):
+        raise ArithmeticError("the generated C differs from the Python reference; see the table above")
+    return rec
+
+
+def _es_verdict(model: DeployedModel, export: Export, want: bytes, got: bytes, steps: int, per_step: int,
+                n_probe: int) -> str:
+    m = check.es_compare(model, export, want, got, steps, per_step, n_probe)
+    return f"bit-exact over {steps} generations ({len(got):,} B)" if m is None else f"MISMATCH at {m}"
+
+
+__all__ = ["BACKWARD", "BACKWARD_MAC", "CHECKS", "CONV_FORWARD", "FORWARD", "UPDATE", "check_samples", "es_trainer",
+           "es_generation_instructions", "export_c", "export_c_es", "fqt_trainer", "measure_phases"]

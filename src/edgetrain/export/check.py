@@ -4,7 +4,8 @@ Both runs use the firmware driver ``export/target/main_target.c`` and its file p
 there): ``encode_input`` writes ``et_in.bin`` (training samples in steps, probe inputs),
 ``reference_output`` computes with ``FQTTrainer`` what ``et_out.bin`` must hold (each step's logits
 before training, the probe logits and the serialized trained state after it), and ``compare`` names
-the first place where a run differs. On the host the driver is linked with ``c/et_host_io.c`` (POSIX
+the first place where a run differs; ``es_reference_output`` / ``es_compare`` do the same for an ES
+export (``ESTrainer``). On the host the driver is linked with ``c/et_host_io.c`` (POSIX
 files in place of semihosting), optionally with AddressSanitizer and UBSan; on the target it runs
 under ``qemu-system-arm`` with semihosting, optionally with the instruction-counting plugin.
 """
@@ -20,6 +21,7 @@ import torch
 
 from ..model import DeployedModel
 from ..model.forward import forward_int
+from ..train.es.trainer import ESState, ESTrainer
 from ..train.fqt.trainer import FQTTrainer
 from . import toolchain
 from .generate import Export
@@ -39,7 +41,7 @@ def encode_input(x: torch.Tensor, y: torch.Tensor, per_step: int, probes: torch.
             raise ValueError(f"{name} must be raw uint8 values (0..255)")
     steps = x.shape[0] // per_step
     out = bytearray(struct.pack("<4i", steps, per_step if steps else 0, probes.shape[0], 0))
-    flat = x.reshape(x.shape[0], -1).to(torch.uint8)
+    flat = x.flatten(1).to(torch.uint8)
     for j in range(x.shape[0]):
         out += bytes(flat[j].tolist()) + bytes([int(y[j])])
     for p in probes.reshape(probes.shape[0], -1).to(torch.uint8):
@@ -90,6 +92,69 @@ def reference_output(model: DeployedModel, trainer: FQTTrainer, x: torch.Tensor,
     if x.shape[0] == 0:
         after()
     return bytes(out)
+
+
+def es_state_bytes(model: DeployedModel, trainer: ESTrainer, state: ESState) -> bytes:
+    """What ``et_es_state_write`` serializes, from a Python ``ESState`` (layout in ``c/et_es.c``): each
+    trained tensor's raw values (uint8 weights, int32 biases), then step, accepted (uint32), seen (uint64)
+    and sigma (double), little-endian."""
+    out = bytearray()
+    for name in trainer.writes(model):
+        t, _ = state.model.param(name)
+        flat = t.reshape(-1).tolist()
+        out += bytes(flat) if name.endswith(".weight") else struct.pack(f"<{len(flat)}i", *flat)
+    return bytes(out + struct.pack("<IIQd", state.step, state.accepted, state.seen, state.sigma))
+
+
+def es_reference_output(model: DeployedModel, trainer: ESTrainer, x: torch.Tensor, y: torch.Tensor, per_step: int,
+                        probes: torch.Tensor, seed: int = 0, infos: list | None = None) -> bytes:
+    """The bytes ``et_out.bin`` of an ES export must hold after the driver ran ``encode_input(x, y,
+    per_step, probes)``: per step the logits before it, then ``ESTrainer.step`` on its samples, the probe
+    logits and ``es_state_bytes``. ``infos``, if given, receives each step's ``StepInfo``."""
+    state = trainer.init(model, seed=seed)
+    out = bytearray()
+
+    def after() -> None:
+        nonlocal out
+        out += _logits(state.model, probes)
+        st = es_state_bytes(model, trainer, state)
+        out += struct.pack("<I", len(st)) + st
+
+    for s in range(0, x.shape[0], per_step):
+        xs, ys = x[s:s + per_step], y[s:s + per_step]
+        out += _logits(state.model, xs)
+        state, info = trainer.step(state, (xs, ys))
+        if infos is not None:
+            infos.append(info)
+        after()
+    if x.shape[0] == 0:
+        after()
+    return bytes(out)
+
+
+def es_compare(model: DeployedModel, export: Export, want: bytes, got: bytes, steps: int, per_step: int,
+               n_probe: int) -> Mismatch | None:
+    """``compare`` for an ES export: ``None`` if ``got == want``, else the first differing item."""
+    if want == got:
+        return None
+    classes = model.output_shape[0]
+    sizes = [(name, model.param(name)[0].numel() * (1 if name.endswith(".weight") else 4)) for name in export.params]
+    items = []
+    for step in range(max(steps, 1)):
+        items += [(f"step {step}: logits of sample {j} before training", classes)
+                  for j in range(per_step if steps else 0)]
+        items += [(f"after step {step}: logits of probe {j}", classes) for j in range(n_probe)]
+        items.append((f"after step {step}: state length", 4))
+        items += [(f"after step {step}: {name}", n) for name, n in sizes]
+        items += [(f"after step {step}: {reg}", n) for reg, n in (("step", 4), ("accepted", 4), ("seen", 8),
+                                                                   ("sigma", 8))]
+    pos = 0
+    for what, n in items:
+        a, b = want[pos:pos + n], got[pos:pos + n]
+        if a != b:
+            return Mismatch(what, a, b)
+        pos += n
+    return Mismatch("trailing bytes", want[pos:], got[pos:])
 
 
 @dataclass(frozen=True)
@@ -145,7 +210,7 @@ def _state_items(model: DeployedModel, export: Export, step: int, size: int):
 
 
 def _sources(export: Export) -> list[Path]:
-    return [export.out_dir / "et_kernels.c", export.out_dir / "et_model.c", toolchain.MAIN_TARGET_C]
+    return [*(export.out_dir / name for name in export.sources), toolchain.MAIN_TARGET_C]
 
 
 def run_host(export: Export, data: bytes, sanitize: bool = False, workdir: str | Path | None = None,
@@ -206,5 +271,5 @@ def run_target(export: Export, data: bytes, cpu: str = "cortex-m4", plugin: bool
                          sizes.get("et_arena", -1), res.seconds, res.output)
 
 
-__all__ = ["Mismatch", "TargetRun", "build_target", "compare", "encode_input", "reference_output", "run_host",
-           "run_target", "state_bytes"]
+__all__ = ["Mismatch", "TargetRun", "build_target", "compare", "encode_input", "es_compare", "es_reference_output",
+           "es_state_bytes", "reference_output", "run_host", "run_target", "state_bytes"]

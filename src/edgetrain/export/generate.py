@@ -13,10 +13,17 @@
 
 The C reproduces ``FQTTrainer(precision="uint8", ranges="fixed", optimizer=sgd)`` bit for bit (see
 ``export.check`` and the tests). Configurations it does not implement are refused by name.
+
+``export_es(model, trainer, out_dir, seed)`` writes the same kind of library for forward-only training
+by evolution strategies (``ESTrainer``): the runtime adds ``et_es.h`` / ``et_es.c`` (seeds, the LFSR,
+member perturbation, fitness, the estimators' updates, the sample ring buffer) on top of the same
+forward kernels, ``et_model.c`` holds the ES settings and a fitness table, and the arena comes from
+``cost.es_memory.es_plan``. ``check_es_exportable`` says which ES settings the C reproduces exactly.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
@@ -27,12 +34,15 @@ from pathlib import Path
 
 import torch
 
-from ..cost.memory import IN_PLACE
+from ..cost.es_memory import es_memory, es_plan
+from ..cost.memory import IN_PLACE, bytes_per_value
 from ..cost.training_memory import training_plan
 from ..model import DeployedModel
 from ..model.forward import bias_shift, requant_params
 from ..model.layers import Conv1d, Conv2d, Dense, Flatten, GlobalAvgPool, MaxPool, ReLU
 from ..quant import Affine, multipliers, scale_of
+from ..train.es.fitness import fitness as es_fitness
+from ..train.es.trainer import ESTrainer
 from ..train.fqt.kernels import error_format, exp_table
 from ..train.fqt.trainer import FQTTrainer
 
@@ -58,6 +68,12 @@ def check_exportable(model: DeployedModel, trainer: FQTTrainer) -> None:
     if opt.kind != "sgd" or opt.momentum:
         raise NotExportable(f"the C export implements plain SGD (optimizer 'sgd', momentum 0); got {opt.kind!r}"
                             f"{' with momentum' if opt.momentum else ''}")
+    check_model_exportable(model)
+    trainer.layers(model)  # validates the params spec
+
+
+def check_model_exportable(model: DeployedModel) -> None:
+    """Raise ``NotExportable`` naming the first thing of ``model`` the C kernels cannot run exactly."""
     if not _is_u8(model.input_fmt):
         raise NotExportable(f"the model's input must be uint8 per tensor (deploy with --format uint8), "
                             f"got {getattr(model.input_fmt, 'name', model.input_fmt)}")
@@ -85,7 +101,6 @@ def check_exportable(model: DeployedModel, trainer: FQTTrainer) -> None:
                                     f"limit of {limit}")
     if model.output_shape[0] > 255:
         raise NotExportable("more than 255 classes (labels are uint8)")
-    trainer.layers(model)  # validates the params spec
 
 
 def _act_name(model: DeployedModel, i: int) -> str:
@@ -106,7 +121,8 @@ def _err_name(model: DeployedModel, j: int) -> str:
 
 @dataclass(frozen=True)
 class Export:
-    """What ``export_fqt`` wrote: the directory, the arena size and layout, and the trained layers."""
+    """What ``export_fqt`` / ``export_es`` wrote: the directory, the arena size and layout, and the trained
+    layers."""
 
     out_dir: Path
     arena_bytes: int
@@ -114,6 +130,10 @@ class Export:
     trained: tuple[int, ...]
     bias_only: tuple[int, ...]
     manifest: dict
+    sources: tuple[str, ...] = ("et_kernels.c", "et_model.c")
+    """The C files of the library, in ``out_dir``."""
+    params: tuple[str, ...] = ()
+    """The trained parameter names, in the trainer's order (``export_es``; FQT trains whole layers)."""
 
 
 def _c_double(v: float) -> str:
@@ -149,6 +169,22 @@ def _geometry(layer, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> d
 def _array(ctype: str, name: str, values: list[int], per_line: int = 24) -> str:
     body = ",\n    ".join(", ".join(str(v) for v in values[s:s + per_line]) for s in range(0, len(values), per_line))
     return f"static const {ctype} {name}[{len(values)}] = {{\n    {body}\n}};\n"
+
+
+_FIELDS = ("kind", "train", "in_c", "in_h", "in_w", "out_c", "out_h", "out_w", "kh", "kw", "sh", "sw", "ph", "pw",
+           "w_flash", "b_flash", "in_off", "out_off", "w_off", "b_off", "gw_off", "gb_off", "err_out_off",
+           "err_in_off", "emax_off", "in_zp", "out_zp", "in_scale", "out_scale", "w_scale0", "b_scale0", "w_zp0",
+           "m0", "shift0", "err_m", "err_shift")
+_DOUBLES = frozenset({"in_scale", "out_scale", "w_scale0", "b_scale0"})
+
+
+def _layer_rows(model: DeployedModel, descs: list[dict]) -> list[str]:
+    """The initializers of the ``et_layer`` table (``et_kernels.h``), one per layer."""
+    rows = []
+    for i, d in enumerate(descs):
+        vals = ", ".join(f".{f} = {_c_double(d[f]) if f in _DOUBLES else d[f]}" for f in _FIELDS)
+        rows.append(f"    {{ /* {i}: {model.layers[i].kind} */ {vals} }}")
+    return rows
 
 
 def export_fqt(model: DeployedModel, trainer: FQTTrainer, out_dir: str | Path) -> Export:
@@ -212,15 +248,7 @@ def export_fqt(model: DeployedModel, trainer: FQTTrainer, out_dir: str | Path) -
             d["in_off"] = d["out_off"]
         descs.append(d)
 
-    fields = ["kind", "train", "in_c", "in_h", "in_w", "out_c", "out_h", "out_w", "kh", "kw", "sh", "sw", "ph", "pw",
-              "w_flash", "b_flash", "in_off", "out_off", "w_off", "b_off", "gw_off", "gb_off", "err_out_off",
-              "err_in_off", "emax_off", "in_zp", "out_zp", "in_scale", "out_scale", "w_scale0", "b_scale0", "w_zp0",
-              "m0", "shift0", "err_m", "err_shift"]
-    doubles = {"in_scale", "out_scale", "w_scale0", "b_scale0"}
-    rows = []
-    for i, d in enumerate(descs):
-        vals = ", ".join(f".{f} = {_c_double(d[f]) if f in doubles else d[f]}" for f in fields)
-        rows.append(f"    {{ /* {i}: {model.layers[i].kind} */ {vals} }}")
+    rows = _layer_rows(model, descs)
     policy = trainer.policy
     table = exp_table(model.output_fmt)
     input_size = math.prod(model.input_shape)
@@ -333,4 +361,227 @@ def parse_state(model: DeployedModel, export: Export, data: bytes) -> dict[int, 
     return out
 
 
-__all__ = ["Export", "LayerState", "NotExportable", "check_exportable", "export_fqt", "parse_state"]
+# -- forward-only ES (train.es.trainer.ESTrainer) ---------------------------------------------------------
+
+ES_RUNTIME_FILES = ("et_kernels.h", "et_kernels.c", "et_es.h", "et_es.c")
+ES_EXACT_PAIRS = {"rademacher": 2, "uniform": 1, "gaussian": 1}
+"""Most perturbation pairs per generation the C reproduces exactly, by distribution. The trainer sums
+``w_i z_i`` over the pairs with ``torch.tensordot`` (BLAS), whose order of additions (and use of fused
+multiply-adds) is not specified; each ``w_i z_i`` is exact for ``z = +-1``, so a sum of two is the one
+rounding of an exact sum whatever the order, and a single term is exact for any ``z``."""
+_ES_CODES = {"one-plus-one": 0, "antithetic": 1, "spsa": 2, "rademacher": 0, "uniform": 1, "gaussian": 2,
+             "floor": 0, "nearest": 1, "stochastic": 2}
+
+
+def es_pairs(trainer: ESTrainer) -> int:
+    """Perturbation pairs per generation: ``population / 2`` (antithetic), ``directions`` (spsa), 1."""
+    if trainer.estimator == "antithetic":
+        return trainer.population // 2
+    return trainer.directions if trainer.estimator == "spsa" else 1
+
+
+def check_es_exportable(model: DeployedModel, trainer: ESTrainer, seed: int = 0) -> None:
+    """Raise ``NotExportable`` naming the first ES setting (or model property) the C runtime cannot
+    reproduce bit for bit, and what it supports."""
+    if not isinstance(trainer, ESTrainer):
+        raise NotExportable(f"export_es needs an ESTrainer, got {type(trainer).__name__}")
+    if trainer.source != "lfsr":
+        raise NotExportable(f"the C export draws its noise from the LFSR (source 'lfsr'); source {trainer.source!r} "
+                            "(torch's MT19937 generator) is Python-only")
+    if trainer.fitness != "accuracy":
+        raise NotExportable(f"the C export scores members by fitness 'accuracy'; fitness {trainer.fitness!r} uses "
+                            "torch.log_softmax, whose exp and log the C cannot reproduce bit for bit")
+    if trainer.rank != 0:
+        raise NotExportable(f"the C export perturbs every value (rank 0); rank {trainer.rank} (low-rank "
+                            "perturbations) is Python-only")
+    if trainer.shadow:
+        raise NotExportable("the C export keeps the trained values in their deployed format (shadow False); "
+                            "shadow True (a float32 shadow copy) is Python-only")
+    if trainer.buffer != trainer.batch:
+        raise NotExportable(f"the C export needs buffer == batch (the whole ring buffer is the mini-batch); buffer "
+                            f"{trainer.buffer} > batch {trainer.batch} draws each mini-batch with torch.randperm, "
+                            "which the C cannot reproduce")
+    pairs, limit = es_pairs(trainer), ES_EXACT_PAIRS[trainer.distribution]
+    if trainer.estimator != "one-plus-one" and pairs > limit:
+        what = (f"population {trainer.population}" if trainer.estimator == "antithetic"
+                else f"directions {trainer.directions}")
+        raise NotExportable(f"estimator {trainer.estimator!r} with {what} ({pairs} perturbation pairs) and "
+                            f"distribution {trainer.distribution!r}: the C export implements at most {limit} pair(s) "
+                            f"for this distribution (population <= {2 * limit} / directions <= {limit}; see "
+                            "ES_EXACT_PAIRS)")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
+        raise NotExportable(f"the seed must be an integer in [0, 2**64), got {seed!r}")
+    check_model_exportable(model)
+    if model.output_shape[0] < 2:
+        raise NotExportable("fitness 'accuracy' needs at least 2 classes")
+    if not trainer.writes(model):
+        raise NotExportable(f"parameter selection {trainer.params!r} picks no parameters of this model")
+
+
+def _fitness_table(model: DeployedModel, batch: int) -> list[float]:
+    """``fitness.fitness(..., "accuracy")`` of a member with ``c`` correct predictions, ``c = 0..batch``,
+    computed by that function itself (so the C uses exactly its doubles)."""
+    logits = torch.zeros((batch + 1, batch, model.output_shape[0]), dtype=torch.int64)
+    logits[:, :, 1] = 1  # every prediction class 1 ...
+    for c in range(batch + 1):
+        logits[c, :c, 0] = 2  # ... except the first c, which are class 0, the label
+    values = es_fitness(logits, torch.zeros(batch, dtype=torch.int64), model.output_fmt, "accuracy").tolist()
+    if values != sorted(set(values)):
+        raise AssertionError("the fitness table must rise strictly with the count")
+    return values
+
+
+def export_es(model: DeployedModel, trainer: ESTrainer, out_dir: str | Path, seed: int = 0) -> Export:
+    """Write the C library that trains ``model`` on a microcontroller as ``trainer.init(model, seed)``
+    followed by ``trainer.step`` does (module docstring; what is exact and why: ``c/et_es.c``).
+
+    RAM: one static arena (``cost.es_memory.es_plan``) with the inference activations, the trained
+    tensors' values ``theta`` and a second copy of them that the forward reads (a member's perturbed values
+    while it is scored), the ring buffer, the fitness counts and the registers. That is more than
+    ``ESTrainer.extra_memory`` counts: it assumes the trained values already sit in writable weight memory
+    and that members are perturbed as weights are read, so it has neither copy (the manifest lists both
+    figures). The noise generators are a few words on the stack.
+    """
+    check_es_exportable(model, trainer, seed)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    names = trainer.writes(model)
+    specs = {n: (t, fmt) for n, t, fmt in model.params()}
+    members = trainer.members
+    plan = es_plan(model, names, batch=trainer.batch, members=members)
+    offsets, arena = plan.layout()
+    shapes = model.shapes()
+    n = len(model.layers)
+
+    tables, descs, max_rows = [], [], 1
+    for i, layer in enumerate(model.layers):
+        g = _geometry(layer, shapes[i], shapes[i + 1])
+        d = {"kind": KIND[type(layer)], "train": 0, **g, "w_flash": "0", "b_flash": "0",
+             "in_off": offsets[_act_name(model, i - 1)], "out_off": offsets[_act_name(model, i)],
+             "w_off": offsets.get(f"{i}.weight.member", -1), "b_off": offsets.get(f"{i}.bias.member", -1),
+             "gw_off": -1, "gb_off": -1, "err_out_off": -1, "err_in_off": -1, "emax_off": -1,
+             "in_zp": layer.in_fmt.zero_point[0], "out_zp": layer.out_fmt.zero_point[0],
+             "in_scale": layer.in_fmt.scale[0], "out_scale": layer.out_fmt.scale[0], "w_scale0": 1.0,
+             "b_scale0": 1.0, "w_zp0": 0, "m0": 1, "shift0": 0, "err_m": 1, "err_shift": 0}
+        if isinstance(layer, (Dense, Conv2d, Conv1d)):
+            max_rows = max(max_rows, int(layer.weight.shape[0]))
+            tables.append(_array("uint8_t", f"w{i}", layer.weight.reshape(-1).tolist()))
+            tables.append(_array("int32_t", f"b{i}", layer.bias.reshape(-1).tolist(), 8))
+            m, s = requant_params(layer)
+            d.update(w_flash=f"w{i}", b_flash=f"b{i}", w_scale0=layer.w_fmt.scale[0], b_scale0=layer.b_fmt.scale[0],
+                     w_zp0=layer.w_fmt.zero_point[0], m0=int(m.reshape(-1)[0]), shift0=int(s.reshape(-1)[0]))
+        elif isinstance(layer, GlobalAvgPool):
+            m, s = multipliers(scale_of(layer.in_fmt) / math.prod(shapes[i][1:]), layer.out_fmt)
+            d.update(m0=int(m), shift0=int(s))
+        elif isinstance(layer, (ReLU, Flatten)):
+            d["in_off"] = d["out_off"]
+        descs.append(d)
+
+    params = []
+    for k, name in enumerate(names):
+        t, fmt = specs[name]
+        layer, kind = name.split(".")
+        size = 1 if kind == "weight" else 4
+        if bytes_per_value(fmt) != size:
+            raise AssertionError(f"{name}: {fmt.name} is not stored in {size} byte(s)")
+        params.append(f"    {{ /* {k}: {name} */ .layer = {layer}, .bytes = {size}, .n = {t.numel()}, "
+                      f".theta_off = {offsets[name + '.ram']}, .eval_off = {offsets[name + '.member']}, "
+                      f".flash = {kind[0]}{layer}, .raw_min = {fmt.raw_min}LL, .raw_max = {fmt.raw_max}LL }}")
+    table = [_c_double(v) for v in _fitness_table(model, trainer.batch)]
+    fitness_rows = ",\n    ".join(", ".join(table[i:i + 6]) for i in range(0, len(table), 6))
+    input_size = math.prod(model.input_shape)
+    classes = model.output_shape[0]
+    layout_lines = "\n".join(f" *   {offsets[b.name]:6d} {b.nbytes:6d}  {b.first:2d}..{b.last:<2d} {b.name} ({b.kind})"
+                             for b in sorted(plan.buffers, key=lambda b: offsets[b.name]))
+    settings = (f"estimator {trainer.estimator}, params {trainer.params}, {trainer.distribution} noise, "
+                f"{trainer.rounding} rounding, sigma {trainer.sigma}, lr {trainer.lr}, batch {trainer.batch}, "
+                f"seed {seed}")
+    header = f"""/* Generated by edgetrain export-c --train es: the tables of one model. Do not edit. */
+#ifndef ET_MODEL_H
+#define ET_MODEL_H
+#include "et_kernels.h"
+#include "et_es.h"
+
+#define ET_ES 1 /* the driver calls et_es_init / et_es_step / et_es_state_* */
+#define ET_INPUT_SIZE {input_size}
+#define ET_CLASSES {classes}
+#define ET_BATCH {trainer.batch} /* the mini-batch and ring buffer; the driver's largest et_es_step call */
+#define ET_LAYERS {n}
+#define ET_MAX_ROWS {max_rows}
+#define ET_ARENA_BYTES {arena}
+
+#endif
+"""
+    source = f"""/* Generated by edgetrain export-c --train es: the tables of one model. Do not edit.
+ * ESTrainer: {settings}.
+ * Arena layout (offset, bytes, live steps) from cost.es_memory.es_plan + MemoryPlan.layout:
+{layout_lines}
+ */
+#include "et_model.h"
+
+{"".join(tables)}
+/* The layers; trained tensors are read from their eval copies (w_off / b_off), the rest from flash. */
+static const et_layer layers[ET_LAYERS] = {{
+{(","+chr(10)).join(_layer_rows(model, descs))}
+}};
+
+/* One static arena for every buffer; a union aligns it for int32 and double. */
+static union {{ double align; uint8_t bytes[ET_ARENA_BYTES]; }} et_arena;
+static et_live live[ET_LAYERS];
+
+/* The forward's tables (et_kernels.c); no backward: lowest = ET_LAYERS. */
+const et_model_t et_model = {{
+    .layers = layers, .n_layers = ET_LAYERS, .lowest = ET_LAYERS, .batch = 1, .grad_rows = 1,
+    .input_size = ET_INPUT_SIZE, .classes = ET_CLASSES, .max_rows = ET_MAX_ROWS,
+    .arena = et_arena.bytes, .live = live, .exp_table = 0, .e_scale = 1.0, .e_zp = 0,
+    .partial = 0, .lam_min = 0.0, .lam_max = 0.0, .lr = 0.0,
+}};
+
+/* The trained tensors in the trainer's order (ESState.names). */
+static const et_es_param params[{len(params)}] = {{
+{(","+chr(10)).join(params)}
+}};
+
+/* fitness.fitness(logits, y, fmt, "accuracy") of a member with c correct predictions, c = 0..{trainer.batch} */
+static const double fitness[{len(table)}] = {{
+    {fitness_rows}
+}};
+
+const et_es_model_t et_es_model = {{
+    .params = params, .n_params = {len(params)}, .estimator = {_ES_CODES[trainer.estimator]} /* {trainer.estimator} */,
+    .distribution = {_ES_CODES[trainer.distribution]} /* {trainer.distribution} */,
+    .rounding = {_ES_CODES[trainer.rounding]} /* {trainer.rounding} */, .pairs = {es_pairs(trainer)},
+    .members = {members}, .batch = {trainer.batch}, .seed = {seed}ULL,
+    .sigma0 = {_c_double(float(trainer.sigma))}, .lr = {_c_double(float(trainer.lr))},
+    .sigma_up = {_c_double(float(trainer.sigma_up))}, .sigma_down = {_c_double(trainer.sigma_up ** -0.25)},
+    .sigma_min = {_c_double(float(trainer.sigma_min))}, .sigma_max = {_c_double(float(trainer.sigma_max))},
+    .fitness = fitness, .sqrt3 = {_c_double(math.sqrt(3.0))}, .gauss_scale = {_c_double(math.sqrt(4 / 12))},
+    .x_off = {offsets["samples.x"]}, .y_off = {offsets["samples.y"]}, .count_off = {offsets["fitness"]},
+    .regs_off = {offsets["registers"]},
+}};
+"""
+    src_dir = resources.files("edgetrain.export") / "c"
+    for name in ES_RUNTIME_FILES:
+        with resources.as_file(src_dir / name) as path:
+            shutil.copyfile(path, out / name)
+    (out / "et_model.h").write_text(header)
+    (out / "et_model.c").write_text(source)
+    trained = sorted({int(nm.split(".")[0]) for nm in names})
+    bias_only = [i for i in trained if f"{i}.weight" not in names]
+    memory = es_memory(model, names, batch=trainer.batch, members=members)
+    manifest = {
+        "format": "edgetrain-c-export-es/1",
+        "trainer": dataclasses.asdict(trainer), "seed": seed, "params": list(names),
+        "input_shape": list(model.input_shape), "classes": classes, "members": members, "pairs": es_pairs(trainer),
+        "arena_bytes": arena, "peak_bytes": plan.peak_bytes(), "ram_items": memory["items"],
+        "extra_memory": trainer.extra_memory(model),
+        "buffers": [{"name": b.name, "kind": b.kind, "offset": offsets[b.name], "nbytes": b.nbytes,
+                     "first": b.first, "last": b.last} for b in plan.buffers],
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    return Export(out, arena, offsets, tuple(trained), tuple(bias_only), manifest,
+                  sources=("et_kernels.c", "et_es.c", "et_model.c"), params=tuple(names))
+
+
+__all__ = ["ES_EXACT_PAIRS", "ES_RUNTIME_FILES", "Export", "LayerState", "NotExportable", "check_es_exportable",
+           "check_exportable", "check_model_exportable", "es_pairs", "export_es", "export_fqt", "parse_state"]

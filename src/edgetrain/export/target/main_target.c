@@ -9,9 +9,11 @@
  *
  * Output file et_out.bin, for each training step in order:
  *     the logits (ET_CLASSES bytes) of et_predict on each of the step's samples, before training,
- *     then et_train_step on the step's samples,
+ *     then et_train_step on the step's samples (et_es_step for an ES export, whose et_model.h
+ *     defines ET_ES: it pushes them into the ring buffer and may run a generation),
  *     the logits of et_predict on each probe input (after the step),
- *     uint32 little-endian length L of the serialized state, then L bytes from et_state_write.
+ *     uint32 little-endian length L of the serialized state, then L bytes from et_state_write
+ *     (et_es_state_write).
  * With n_steps == 0 the probe logits and the state are written once, without training.
  * phase_mode is stored in et_phase_mode for the model code and otherwise not interpreted here.
  *
@@ -32,6 +34,19 @@
 
 #ifndef ET_IO_BYTES
 #define ET_IO_BYTES 65536
+#endif
+
+/* The training entry points: FQT's (et_kernels.h), or those of an ES export (et_es.h). */
+#if defined(ET_ES)
+#define et_driver_init et_es_init
+#define et_driver_step et_es_step
+#define et_driver_state_size et_es_state_size
+#define et_driver_state_write et_es_state_write
+#else
+#define et_driver_init et_init
+#define et_driver_step et_train_step
+#define et_driver_state_size et_state_size
+#define et_driver_state_write et_state_write
 #endif
 
 #define IN_FILE "et_in.bin"
@@ -97,8 +112,8 @@ static int probe_and_state(const uint8_t *probes, int32_t n_probe, uint8_t *stat
         }
     }
     et_phase_marker = PHASE_STATE;
-    uint32_t want = et_state_size();
-    uint32_t got = et_state_write(state_buf, state_cap);
+    uint32_t want = et_driver_state_size();
+    uint32_t got = et_driver_state_write(state_buf, state_cap);
     if (got != want) {
         return fail(8, "et_state_write wrote a different number of bytes than et_state_size");
     }
@@ -159,13 +174,13 @@ int main(void)
 
     /* The serialized state goes into io_buf after the input. */
     uint32_t state_off = ((uint32_t)len + 7u) & ~7u;
-    if (state_off > (uint32_t)ET_IO_BYTES || et_state_size() > (uint32_t)ET_IO_BYTES - state_off) {
+    if (state_off > (uint32_t)ET_IO_BYTES || et_driver_state_size() > (uint32_t)ET_IO_BYTES - state_off) {
         return fail(3, "ET_IO_BYTES cannot hold the input file plus et_state_size() bytes");
     }
     uint8_t *state_buf = io_buf + state_off;
     uint32_t state_cap = (uint32_t)ET_IO_BYTES - state_off;
 
-    if (et_init() != 0) {
+    if (et_driver_init() != 0) {
         return fail(5, "et_init failed");
     }
     out_fd = sh_open(OUT_FILE, SH_MODE_WB);
@@ -188,7 +203,7 @@ int main(void)
             }
         }
         et_phase_marker = PHASE_TRAIN;
-        if (et_train_step(batch_x, batch_y, (int)n_per_step) < 0) {
+        if (et_driver_step(batch_x, batch_y, (int)n_per_step) < 0) {
             return fail(7, "et_train_step failed");
         }
         int rc = probe_and_state(probes, n_probe, state_buf, state_cap);
