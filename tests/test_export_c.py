@@ -198,17 +198,12 @@ DIGITS_STEPS, DIGITS_BATCH = 50, 8
 
 
 @pytest.fixture(scope="module")
-def digits_model():
+def digits_model(digits_cnn_uint8):
     """A uint8 CNN for digits pre-trained briefly in float, and 400 raw training samples."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        ds = load_dataset("digits", seed=0)
-        dep = pretrain_and_deploy(ds, "cnn", "uint8", epochs=2, seed=0, show_progress=False)
-        m = DIGITS_STEPS * DIGITS_BATCH
-        return dep.model, quantize_input(dep.model, ds.train.x[:m]), ds.train.y[:m]
-    finally:
-        torch.set_num_threads(n)
+    model, q, y = digits_cnn_uint8
+    m = DIGITS_STEPS * DIGITS_BATCH
+    assert m <= q.shape[0]
+    return model, q[:m], y[:m]
 
 
 @pytest.fixture(scope="module")

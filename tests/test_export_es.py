@@ -19,8 +19,6 @@ from torch import nn
 
 from edgetrain.cli import main
 from edgetrain.cost.es_memory import es_memory
-from edgetrain.data import load_dataset
-from edgetrain.experiments.deploy import pretrain_and_deploy
 from edgetrain.export import toolchain
 from edgetrain.export.check import (
     encode_input,
@@ -177,17 +175,12 @@ DIGITS_CASES = {
 
 
 @pytest.fixture(scope="module")
-def digits_model():
+def digits_model(digits_cnn_uint8):
     """A uint8 CNN for digits pre-trained briefly in float, and 800 raw training samples."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        ds = load_dataset("digits", seed=0)
-        dep = pretrain_and_deploy(ds, "cnn", "uint8", epochs=2, seed=0, show_progress=False)
-        m = STEPS * DIGITS_BATCH
-        return dep.model, quantize_input(dep.model, ds.train.x[:m]), ds.train.y[:m]
-    finally:
-        torch.set_num_threads(n)
+    model, q, y = digits_cnn_uint8
+    m = STEPS * DIGITS_BATCH
+    assert m <= q.shape[0]
+    return model, q[:m], y[:m]
 
 
 @pytest.fixture(scope="module")

@@ -121,12 +121,14 @@ def export_c(model_path: str, out: str, layers: str = "last:2", update_rate: flo
         want = check.reference_output(model, trainer, x, y, batch, probes, seed=seed)
         if check_mode in ("host", "both"):
             got = check.run_host(export, data)
-            result["host"] = _verdict(model, export, want, got, steps, batch, probes.shape[0])
+            result["host"] = _verdict(check.compare(model, export, want, got, steps, batch, probes.shape[0]),
+                                      f"{steps} steps", got)
             row["host check"] = result["host"]
         if check_mode in ("target", "both"):
             cpu = toolchain.cpu_for_device(device)
             run = check.run_target(export, data, cpu, plugin=True, ram_bytes=sram or toolchain.BOARD_RAM_BYTES)
-            result["target"] = _verdict(model, export, want, run.output, steps, batch, probes.shape[0])
+            result["target"] = _verdict(check.compare(model, export, want, run.output, steps, batch,
+                                                      probes.shape[0]), f"{steps} steps", run.output)
             result["target_cpu"] = cpu
             result["size"] = run.size
             result["arena_symbol_bytes"] = run.arena_symbol_bytes
@@ -147,17 +149,21 @@ def export_c(model_path: str, out: str, layers: str = "last:2", update_rate: flo
                       ledger=Ledger(train_ram_bytes=export.arena_bytes, flash_bytes=result.get("size", {}).get("flash"),
                                     wall_s=time.perf_counter() - t0).to_dict(), export=result, params=list(names),
                       manifest=export.manifest)
+    return _finish(rec, result, json_path)
+
+
+def _verdict(mismatch, what: str, got: bytes) -> str:
+    """The check's line in the report: bit-exact over ``what``, or where the first difference is."""
+    return f"bit-exact over {what} ({len(got):,} B)" if mismatch is None else f"MISMATCH at {mismatch}"
+
+
+def _finish(rec: dict, result: dict, json_path: str | None) -> dict:
+    """Write the record (``--json``), then fail if a check found a difference."""
     if json_path:
         write_json(json_path, rec)
     if any(result.get(k, "bit-exact").startswith("MISMATCH") for k in ("host", "target")):
         raise ArithmeticError("the generated C differs from the Python reference; see the table above")
     return rec
-
-
-def _verdict(model: DeployedModel, export: Export, want: bytes, got: bytes, steps: int, per_step: int,
-             n_probe: int) -> str:
-    m = check.compare(model, export, want, got, steps, per_step, n_probe)
-    return f"bit-exact over {steps} steps ({len(got):,} B)" if m is None else f"MISMATCH at {m}"
 
 
 # -- forward-only ES (--train es) ---------------------------------------------------------------------------
@@ -230,13 +236,15 @@ def export_c_es(model_path: str, out: str, layers: str = "last:2", estimator: st
         want = check.es_reference_output(model, trainer, x, y, batch, probes, seed=seed)
         if check_mode in ("host", "both"):
             got = check.run_host(export, data)
-            result["host"] = _es_verdict(model, export, want, got, steps, batch, probes.shape[0])
+            result["host"] = _verdict(check.es_compare(model, export, want, got, steps, batch, probes.shape[0]),
+                                      f"{steps} generations", got)
             row["host check"] = result["host"]
         if check_mode in ("target", "both"):
             cpu = toolchain.cpu_for_device(device)
             ram = sram or toolchain.BOARD_RAM_BYTES
             run = check.run_target(export, data, cpu, plugin=True, ram_bytes=ram)
-            result["target"] = _es_verdict(model, export, want, run.output, steps, batch, probes.shape[0])
+            result["target"] = _verdict(check.es_compare(model, export, want, run.output, steps, batch,
+                                                         probes.shape[0]), f"{steps} generations", run.output)
             result.update(target_cpu=cpu, size=run.size, arena_symbol_bytes=run.arena_symbol_bytes,
                           instructions=run.counts)
             total = (run.counts or {}).get("[total]", 0)
@@ -257,17 +265,7 @@ def export_c_es(model_path: str, out: str, layers: str = "last:2", estimator: st
                                     flash_bytes=result.get("size", {}).get("flash"),
                                     wall_s=time.perf_counter() - t0).to_dict(),
                       export=result, params=list(names), manifest=export.manifest)
-    if json_path:
-        write_json(json_path, rec)
-    if any(result.get(k, "bit-exact").startswith("MISMATCH") for k in ("host", "target")):
-        raise ArithmeticError("the generated C differs from the Python reference; see the table above")
-    return rec
-
-
-def _es_verdict(model: DeployedModel, export: Export, want: bytes, got: bytes, steps: int, per_step: int,
-                n_probe: int) -> str:
-    m = check.es_compare(model, export, want, got, steps, per_step, n_probe)
-    return f"bit-exact over {steps} generations ({len(got):,} B)" if m is None else f"MISMATCH at {m}"
+    return _finish(rec, result, json_path)
 
 
 __all__ = ["BACKWARD", "BACKWARD_MAC", "CHECKS", "CONV_FORWARD", "FORWARD", "UPDATE", "check_samples", "es_trainer",
