@@ -69,29 +69,37 @@ def _logits(model: DeployedModel, q: torch.Tensor) -> bytes:
     return bytes(forward_int(model, q, overflow="wrap").reshape(-1).to(torch.uint8).tolist())
 
 
-def reference_output(model: DeployedModel, trainer: FQTTrainer, x: torch.Tensor, y: torch.Tensor, per_step: int,
-                     probes: torch.Tensor, seed: int = 0, ledgers: list | None = None) -> bytes:
-    """The bytes ``et_out.bin`` must hold after the driver ran ``encode_input(x, y, per_step, probes)``.
-    ``ledgers``, if given, receives each step's ``Ledger`` (MACs the reference counted)."""
+def _driver_output(model: DeployedModel, trainer, x: torch.Tensor, y: torch.Tensor, per_step: int,
+                   probes: torch.Tensor, seed: int, serialize, on_step) -> bytes:
+    """What the firmware driver writes, computed in Python: per step the logits of its samples before
+    it, the trainer's step, the probe logits and the length-prefixed ``serialize(model, trainer, state)``
+    (once, after no step, when ``x`` is empty). ``on_step(info)``, if given, sees each step's ``StepInfo``."""
     state = trainer.init(model, seed=seed)
     out = bytearray()
 
     def after() -> None:
-        nonlocal out
-        out += _logits(state.model, probes)
-        st = state_bytes(model, trainer, state)
-        out += struct.pack("<I", len(st)) + st
+        out.extend(_logits(state.model, probes))
+        st = serialize(model, trainer, state)
+        out.extend(struct.pack("<I", len(st)) + st)
 
     for s in range(0, x.shape[0], per_step):
         xs, ys = x[s:s + per_step], y[s:s + per_step]
-        out += _logits(state.model, xs)
+        out.extend(_logits(state.model, xs))
         state, info = trainer.step(state, (xs, ys))
-        if ledgers is not None:
-            ledgers.append(info.ledger)
+        if on_step is not None:
+            on_step(info)
         after()
     if x.shape[0] == 0:
         after()
     return bytes(out)
+
+
+def reference_output(model: DeployedModel, trainer: FQTTrainer, x: torch.Tensor, y: torch.Tensor, per_step: int,
+                     probes: torch.Tensor, seed: int = 0, ledgers: list | None = None) -> bytes:
+    """The bytes ``et_out.bin`` must hold after the driver ran ``encode_input(x, y, per_step, probes)``.
+    ``ledgers``, if given, receives each step's ``Ledger`` (MACs the reference counted)."""
+    return _driver_output(model, trainer, x, y, per_step, probes, seed, state_bytes,
+                          None if ledgers is None else (lambda info: ledgers.append(info.ledger)))
 
 
 def es_state_bytes(model: DeployedModel, trainer: ESTrainer, state: ESState) -> bytes:
@@ -111,25 +119,8 @@ def es_reference_output(model: DeployedModel, trainer: ESTrainer, x: torch.Tenso
     """The bytes ``et_out.bin`` of an ES export must hold after the driver ran ``encode_input(x, y,
     per_step, probes)``: per step the logits before it, then ``ESTrainer.step`` on its samples, the probe
     logits and ``es_state_bytes``. ``infos``, if given, receives each step's ``StepInfo``."""
-    state = trainer.init(model, seed=seed)
-    out = bytearray()
-
-    def after() -> None:
-        nonlocal out
-        out += _logits(state.model, probes)
-        st = es_state_bytes(model, trainer, state)
-        out += struct.pack("<I", len(st)) + st
-
-    for s in range(0, x.shape[0], per_step):
-        xs, ys = x[s:s + per_step], y[s:s + per_step]
-        out += _logits(state.model, xs)
-        state, info = trainer.step(state, (xs, ys))
-        if infos is not None:
-            infos.append(info)
-        after()
-    if x.shape[0] == 0:
-        after()
-    return bytes(out)
+    return _driver_output(model, trainer, x, y, per_step, probes, seed, es_state_bytes,
+                          None if infos is None else infos.append)
 
 
 def es_compare(model: DeployedModel, export: Export, want: bytes, got: bytes, steps: int, per_step: int,
