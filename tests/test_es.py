@@ -413,11 +413,18 @@ def test_extra_memory_hand_count(mlp):
     assert shadow["shadow"] == 4 * trained
     assert shadow["total"] == mem["total"] + 4 * trained
     low = ESTrainer(population=20, rank=2).extra_memory(mlp)
-    assert low["lowrank_factors"] == 2 * 10 * 2 * (10 + 32)  # 16-bit x pairs x rank x (out + in)
+    # update, restart design: 10 streams x ((3 x 2 - 1) LFSR cursors of 5 B + 2 factor registers of 2 B);
+    # evaluation: one member's factors, 16 bits x rank 2 x (10 + 32)
+    assert low["lowrank_factors"] == max(10 * (5 * 5 + 2 * 2), 2 * 2 * (10 + 32)) == 290
     assert low["total"] == mem["total"] + low["lowrank_factors"]
     low_all = ESTrainer(population=20, rank=1, params="all").extra_memory(mlp)
-    # update phase: 10 streams x the largest layer's factors (64 + 64), 16 bits each
-    assert low_all["lowrank_factors"] == 2 * 10 * 1 * (64 + 64)
+    # evaluation (one member's factors of every dense layer) outweighs the update's 10 x (2 x 5 + 2)
+    assert low_all["lowrank_factors"] == 2 * ((64 + 64) + (32 + 64) + (10 + 32)) == 532
+    plan = ESTrainer(population=20, rank=1, params="all").lowrank_memory(mlp)
+    assert plan == {"evaluation": 532, "update": 120, "update_design": "restart", "bytes": 532}
+    # a torch generator's restart point is its whole state: storing every stream's factors is cheaper
+    torch_plan = ESTrainer(population=20, rank=1, source="torch").lowrank_memory(mlp)
+    assert torch_plan == {"evaluation": 2 * 42, "update": 2 * 10 * 42, "update_design": "stored", "bytes": 840}
     assert ESTrainer(buffer=128, batch=64).extra_memory(mlp)["sample_buffer"] == 128 * 129
 
 
@@ -899,10 +906,15 @@ def test_es_hardware_rows_and_fractions(mlp, settings):
     assert rows["perturbation adders"]["luts"] == 330 * 2 * 16 + 330 * rank * 16
     streams = {"antithetic": 10, "spsa": 2, "one-plus-one": 1}[trainer.estimator]
     # evaluation: one member at a time, 330 lanes x 1 bit (rademacher) -> 11 LFSRs (1 with low rank);
-    # update: every stream in lockstep, one LFSR each; the registers are shared by both phases
-    lfsrs = max(1 if rank else math.ceil(330 * 1 / 32), streams)
+    # update: every stream in lockstep, one LFSR each (two per rank term with low rank: a_k and b_k);
+    # the registers are shared by both phases
+    lfsrs = max(1 if rank else math.ceil(330 * 1 / 32), streams * (2 * rank if rank else 1))
     assert rows["LFSRs (perturbation)"]["luts"] == lfsrs * _leap_luts_by_hand()
     assert rows["LFSRs (perturbation)"]["ffs"] == lfsrs * 32
+    if rank:  # factor buffer 16 x (10 + 32); per stream a 37-bit restart point and a 16-bit a_k; sign XORs
+        assert rows["low-rank factors"]["ffs"] == 16 * (10 + 32) + 10 * (37 + 16)
+        assert (rows["low-rank factors"]["luts"], rows["low-rank factors"]["dsps"]) == (10, 0)
+    assert ("low-rank factors" in rows) == bool(rank)
     assert rows["fitness registers"]["ffs"] == trainer.members * 32
     assert rows["sample buffer"]["bram_36k"] == math.ceil(256 * (64 * 16 + 8) / (36 * 1024))
     assert ("shadow copy" in rows) == bool(settings.get("shadow"))

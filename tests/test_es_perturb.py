@@ -22,11 +22,13 @@ from edgetrain.train.es.perturb import (
     LFSR_BITS,
     LFSR_TAPS,
     SOURCES,
+    LFSRCursor,
     derive_seed,
     draw,
     draw_lowrank,
     lfsr_step,
     lfsr_words,
+    lowrank_rows,
     random_bits_per_value,
     seed_state,
 )
@@ -276,6 +278,40 @@ def test_lowrank_matches_definition(distribution, source):
     b = values[rank * n_out:].reshape(rank, n_in)
     expected = sum(torch.outer(a[k], b[k]) for k in range(rank)) / math.sqrt(rank)
     torch.testing.assert_close(noise, expected, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("distribution", DISTRIBUTIONS)
+@given(seed=st.integers(0, 2**40), skip=st.integers(0, 70), n=st.integers(1, 40))
+@settings(max_examples=25, deadline=None)
+def test_cursor_reads_the_stream_from_any_offset(distribution, seed, skip, n):
+    cursor = LFSRCursor(seed, skip, distribution)
+    values = [cursor.value(distribution) for _ in range(n)]
+    expected = draw([seed], skip + n, distribution, "lfsr")[0, skip:]
+    assert torch.equal(torch.tensor(values, dtype=torch.float64), expected)
+
+
+def test_cursor_copy_is_a_restart_point():
+    cursor = LFSRCursor(9, 3)
+    saved = cursor.copy()
+    first = [cursor.value("uniform") for _ in range(5)]
+    assert [saved.value("uniform") for _ in range(5)] == first
+    assert (saved.state, saved.bit) == (cursor.state, cursor.bit)
+
+
+@pytest.mark.parametrize("distribution", DISTRIBUTIONS)
+@pytest.mark.parametrize(("rank", "shape"), [(1, (10, 64)), (2, (5, 7)), (3, (4, 9)), (1, (1, 1))])
+def test_lowrank_rows_regenerate_the_perturbation(distribution, rank, shape):
+    """Row-by-row regeneration from 3 x rank cursors (the device's update) is draw_lowrank, bit for bit."""
+    rows = list(lowrank_rows(77, shape, rank, distribution))
+    assert len(rows) == shape[0]
+    assert torch.equal(torch.stack(rows), draw_lowrank([77], shape, rank, distribution, "lfsr")[0])
+
+
+def test_lowrank_rows_refuses_bad_shapes():
+    with pytest.raises(ValueError, match="shape"):
+        next(lowrank_rows(1, (0, 3), 1))
+    with pytest.raises(ValueError, match="rank"):
+        next(lowrank_rows(1, (2, 3), 0))
 
 
 def test_lowrank_unit_variance():

@@ -373,13 +373,6 @@ _ES_CODES = {"one-plus-one": 0, "antithetic": 1, "spsa": 2, "rademacher": 0, "un
              "floor": 0, "nearest": 1, "stochastic": 2}
 
 
-def es_pairs(trainer: ESTrainer) -> int:
-    """Perturbation pairs per generation: ``population / 2`` (antithetic), ``directions`` (spsa), 1."""
-    if trainer.estimator == "antithetic":
-        return trainer.population // 2
-    return trainer.directions if trainer.estimator == "spsa" else 1
-
-
 def check_es_exportable(model: DeployedModel, trainer: ESTrainer, seed: int = 0) -> None:
     """Raise ``NotExportable`` naming the first ES setting (or model property) the C runtime cannot
     reproduce bit for bit, and what it supports."""
@@ -401,7 +394,7 @@ def check_es_exportable(model: DeployedModel, trainer: ESTrainer, seed: int = 0)
         raise NotExportable(f"the C export needs buffer == batch (the whole ring buffer is the mini-batch); buffer "
                             f"{trainer.buffer} > batch {trainer.batch} draws each mini-batch with torch.randperm, "
                             "which the C cannot reproduce")
-    pairs, limit = es_pairs(trainer), ES_EXACT_PAIRS[trainer.distribution]
+    pairs, limit = trainer.pairs, ES_EXACT_PAIRS[trainer.distribution]
     if trainer.estimator != "one-plus-one" and pairs > limit:
         what = (f"population {trainer.population}" if trainer.estimator == "antithetic"
                 else f"directions {trainer.directions}")
@@ -550,7 +543,7 @@ static const double fitness[{len(table)}] = {{
 const et_es_model_t et_es_model = {{
     .params = params, .n_params = {len(params)}, .estimator = {_ES_CODES[trainer.estimator]} /* {trainer.estimator} */,
     .distribution = {_ES_CODES[trainer.distribution]} /* {trainer.distribution} */,
-    .rounding = {_ES_CODES[trainer.rounding]} /* {trainer.rounding} */, .pairs = {es_pairs(trainer)},
+    .rounding = {_ES_CODES[trainer.rounding]} /* {trainer.rounding} */, .pairs = {trainer.pairs},
     .members = {members}, .batch = {trainer.batch}, .seed = {seed}ULL,
     .sigma0 = {_c_double(float(trainer.sigma))}, .lr = {_c_double(float(trainer.lr))},
     .sigma_up = {_c_double(float(trainer.sigma_up))}, .sigma_down = {_c_double(trainer.sigma_up ** -0.25)},
@@ -572,7 +565,7 @@ const et_es_model_t et_es_model = {{
     manifest = {
         "format": "edgetrain-c-export-es/1",
         "trainer": dataclasses.asdict(trainer), "seed": seed, "params": list(names),
-        "input_shape": list(model.input_shape), "classes": classes, "members": members, "pairs": es_pairs(trainer),
+        "input_shape": list(model.input_shape), "classes": classes, "members": members, "pairs": trainer.pairs,
         "arena_bytes": arena, "peak_bytes": plan.peak_bytes(), "ram_items": memory["items"],
         "extra_memory": trainer.extra_memory(model),
         "buffers": [{"name": b.name, "kind": b.kind, "offset": offsets[b.name], "nbytes": b.nbytes,
@@ -584,4 +577,4 @@ const et_es_model_t et_es_model = {{
 
 
 __all__ = ["ES_EXACT_PAIRS", "ES_RUNTIME_FILES", "Export", "LayerState", "NotExportable", "check_es_exportable",
-           "check_exportable", "check_model_exportable", "es_pairs", "export_es", "export_fqt", "parse_state"]
+           "check_exportable", "check_model_exportable", "export_es", "export_fqt", "parse_state"]

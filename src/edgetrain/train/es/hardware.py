@@ -18,6 +18,10 @@ input lane):
   (one, filling a factor buffer, with low-rank perturbations); the update replays all ``P/2``
   antithetic streams (or the ``directions`` SPSA streams) in lockstep, one LFSR word per value
   each. The same registers serve both phases, so the count is the larger of the two.
+* **Low-rank factors**: evaluation reads one member's factors from a register buffer; the update
+  regenerates every stream's factors row by row (``perturb.lowrank_rows``): per stream and rank
+  term, one LFSR walks ``a_k`` and one re-reads ``b_k`` from a saved restart point, and ``a_k b_k``
+  is an XOR of signs (Rademacher) or one DSP multiply.
 * **Fitness**: ``accuracy`` = an argmax comparator tree over the logits and a counter;
   ``ce`` = log-sum-exp with exp/log tables in block RAM and a 32-bit accumulator.
 * **Estimator**: fitness registers (32 bits per member); centred ranks by serial comparison
@@ -76,7 +80,7 @@ def es_hardware(trainer: ESTrainer, model: DeployedModel, fpga: FPGA, reuse_fact
     width = max(f.bits for _, f in params)
     lanes = math.ceil(n_trained / reuse_factor)
     bits_per_value = random_bits_per_value(trainer.distribution)
-    streams = {"antithetic": trainer.population // 2, "spsa": trainer.directions, "one-plus-one": 1}[trainer.estimator]
+    streams = trainer.pairs
     words_per_value = math.ceil(bits_per_value / LFSR_BITS)
     if trainer.rank:  # a member's factors are drawn once into the factor buffer, by one LFSR
         eval_lfsrs = 1
@@ -84,7 +88,9 @@ def es_hardware(trainer: ESTrainer, model: DeployedModel, fpga: FPGA, reuse_fact
     else:  # members are evaluated one after another: one stream, lanes x bits per clock
         eval_lfsrs = math.ceil(lanes * bits_per_value / LFSR_BITS)
         basis_eval = f"evaluation: {lanes} lanes x {bits_per_value} bit(s) per clock"
-    update_lfsrs = streams * words_per_value  # update: one weight per clock, every stream replayed in lockstep
+    # update: one weight per clock, every stream replayed in lockstep; low-rank streams regenerate
+    # their factors row by row (perturb.lowrank_rows): rank LFSRs walk the a_k, rank re-read the b_k
+    update_lfsrs = streams * words_per_value * (2 * trainer.rank if trainer.rank else 1)
     lfsrs = max(eval_lfsrs, update_lfsrs)  # the same registers serve both phases
     rows = [
         _row("perturbation adders", lanes * 2 * width + (lanes * trainer.rank * width if trainer.rank else 0), 0, 0, 0,
@@ -95,6 +101,16 @@ def es_hardware(trainer: ESTrainer, model: DeployedModel, fpga: FPGA, reuse_fact
              f"{streams} stream(s) x {words_per_value} word(s) per value ({update_lfsrs}); "
              f"{leap_xor_luts()} LUT6 per XOR network (counted from the transition matrix)"),
     ]
+    if trainer.rank:
+        dense = [t for t, _ in params if t.ndim == 2]
+        buffer_bits = 16 * trainer.rank * sum(sum(t.shape) for t in dense)
+        restart_bits = streams * trainer.rank * (LFSR_BITS + 5 + 16)
+        sign_only = trainer.distribution == "rademacher"
+        rows.append(_row("low-rank factors", streams * trainer.rank * (1 if sign_only else 0),
+                         buffer_bits + restart_bits, 0 if sign_only else streams * trainer.rank, 0,
+                         f"evaluation: a member's factor buffer ({buffer_bits // 16} x 16 bits); update: per stream "
+                         f"and rank term a saved b_k restart point (37 bits) and an a_k register (16 bits), and "
+                         + ("an XOR for the sign product" if sign_only else "a DSP for a_k b_k")))
     n_out = model.output_shape[0]
     out_bits = model.output_fmt.bits
     if trainer.fitness == "accuracy":

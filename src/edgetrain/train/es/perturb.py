@@ -335,3 +335,88 @@ def draw_lowrank(seeds: Sequence[int] | torch.Tensor, shape: tuple[int, int], ra
     a = values[:, : rank * n_out].reshape(n_seeds, rank, n_out)
     b = values[:, rank * n_out:].reshape(n_seeds, rank, n_in)
     return torch.einsum("sko,ski->soi", a, b) / math.sqrt(rank)
+
+
+# -- streaming regeneration (the device's view) ---------------------------------------------------
+
+def _leap(state: int) -> int:
+    """The next 32-bit word of a leap-forward LFSR: 32 single clocks of :func:`lfsr_step`."""
+    for _ in range(LFSR_BITS):
+        state = lfsr_step(state)
+    return state
+
+
+class LFSRCursor:
+    """A read position in one seed's LFSR bit stream: what one hardware register pair holds.
+
+    ``state`` is the word being read (a 32-bit LFSR state, the output of a leap-forward clock) and
+    ``bit`` the next bit of it to hand out (``32``: used up, the next read clocks the LFSR). A copy
+    of a cursor is a restart point: saving ``(state, bit)`` costs 37 bits of registers and lets a
+    device re-read a stretch of the stream without storing the values drawn from it. Values decode
+    exactly as :func:`draw` decodes them for the ``"lfsr"`` source, so the values read from a cursor
+    at value offset ``k`` are ``draw([seed], k + n)[0, k:]``, bit for bit.
+    """
+
+    __slots__ = ("state", "bit")
+
+    def __init__(self, seed: int, skip_values: int = 0, distribution: str = "rademacher") -> None:
+        self.state, self.bit = seed_state(seed), LFSR_BITS
+        self._bits(operator.index(skip_values) * random_bits_per_value(distribution))
+
+    def copy(self) -> LFSRCursor:
+        other = LFSRCursor.__new__(LFSRCursor)
+        other.state, other.bit = self.state, self.bit
+        return other
+
+    def _bits(self, n: int) -> int:
+        """The next ``n`` bits of the stream as an integer, first bit read in bit 0."""
+        value, got = 0, 0
+        while got < n:
+            if self.bit == LFSR_BITS:
+                self.state, self.bit = _leap(self.state), 0
+            take = min(n - got, LFSR_BITS - self.bit)
+            value |= ((self.state >> self.bit) & ((1 << take) - 1)) << got
+            self.bit += take
+            got += take
+        return value
+
+    def value(self, distribution: str) -> float:
+        """The next value of ``distribution``, decoded as :func:`draw` decodes the ``"lfsr"`` source."""
+        _check_choice("distribution", distribution, DISTRIBUTIONS)
+        if distribution == "rademacher":
+            return 1.0 - 2.0 * self._bits(1)
+        if distribution == "uniform":
+            return ((self._bits(16) + 0.5) / 65536.0 * 2.0 - 1.0) * math.sqrt(3.0)
+        total = sum(self._bits(16) for _ in range(_IRWIN_HALL_TERMS))
+        return ((total + 0.5 * _IRWIN_HALL_TERMS) / 65536.0 - _IRWIN_HALL_TERMS / 2) / math.sqrt(_IRWIN_HALL_TERMS / 12)
+
+
+def lowrank_rows(seed: int, shape: tuple[int, int], rank: int, distribution: str = "rademacher"):
+    """Yield the rows of ``draw_lowrank([seed], shape, rank, distribution, "lfsr")[0]`` one at a time,
+    holding nothing but ``3 * rank`` cursors and ``rank`` factor values.
+
+    This is how a device that streams weights in row-major order (the serial update of
+    :class:`~edgetrain.train.es.trainer.ESTrainer`, every antithetic stream replayed in lockstep)
+    regenerates a low-rank perturbation ``sum_k a_k b_k^T / sqrt(rank)`` without a factor buffer:
+    ``rank`` cursors walk the ``a_k`` one value per row; for the ``b_k``, ``rank`` saved restart
+    points (where each ``b_k`` starts) are copied into ``rank`` running cursors at the start of
+    every row. The price is LFSR clocks (``rank * out * in`` values of ``b`` per member instead of
+    ``rank * in``), not memory. Each row is a float64 tensor ``[in]``.
+    """
+    n_out, n_in = (operator.index(d) for d in shape)
+    rank = operator.index(rank)
+    if n_out < 1 or n_in < 1 or rank < 1:
+        raise ValueError(f"shape must be two positive sizes and rank >= 1, got {shape!r}, rank {rank!r}")
+    a_cursors = [LFSRCursor(seed, k * n_out, distribution) for k in range(rank)]
+    b_starts = [LFSRCursor(seed, rank * n_out + k * n_in, distribution) for k in range(rank)]
+    scale = math.sqrt(rank)
+    for _ in range(n_out):
+        a = [c.value(distribution) for c in a_cursors]  # the rank factor registers of this row
+        running = [s.copy() for s in b_starts]
+        row = []
+        for _ in range(n_in):
+            total = 0.0
+            for k in range(rank):
+                total += a[k] * running[k].value(distribution)
+            row.append(total / scale)
+        yield torch.tensor(row, dtype=torch.float64)

@@ -65,6 +65,8 @@ ROUNDINGS = ("floor", "nearest", "stochastic")
 TORCH_GENERATOR_BYTES = 2_504
 """State of one torch CPU generator (MT19937: 624 32-bit words, an index and the seed)."""
 LFSR_BYTES = 4
+LFSR_CURSOR_BYTES = 5
+"""A restart point in an LFSR stream: the 32-bit state and a 5-bit read position (``perturb.LFSRCursor``)."""
 FITNESS_BYTES = 4
 """A fitness value: a 32-bit accumulator (integer count or fixed-point cross-entropy)."""
 SHADOW_BYTES = 4
@@ -171,6 +173,14 @@ class ESTrainer:
         if self.estimator == "antithetic":
             return self.population
         return 2 * self.directions if self.estimator == "spsa" else 2
+
+    @property
+    def pairs(self) -> int:
+        """Perturbation streams per generation: ``P/2`` antithetic pairs, ``directions`` SPSA pairs, or
+        the (1+1) offspring's one."""
+        if self.estimator == "antithetic":
+            return self.population // 2
+        return self.directions if self.estimator == "spsa" else 1
 
     def writes(self, model: DeployedModel) -> tuple[str, ...]:
         return select_params(model, self.params)
@@ -279,7 +289,7 @@ class ESTrainer:
                        "sigma": sigma, "_written": written}
 
     def _gradient_step(self, state: ESState, xb: torch.Tensor, yb: torch.Tensor) -> tuple[ESState, dict]:
-        pairs = self.population // 2 if self.estimator == "antithetic" else self.directions
+        pairs = self.pairs
         seeds = [derive_seed(state.seed, state.step, _MEMBER_KEY, i) for i in range(pairs)]
         z = self._noise(state, seeds)
         members = self._perturbed(state, z, [1, -1], state.sigma)  # theta + d_i, theta - d_i
@@ -335,14 +345,13 @@ class ESTrainer:
         multipliers, so no perturbation vector is stored: what remains is the sample buffer, one
         generator state per perturbation stream that is live at once (the ``P/2`` antithetic
         streams are replayed in lockstep to apply the update), one fitness register per member,
-        the base seed / step / sigma registers, each live stream's low-rank factors (16 bits each), and the
-        float shadow copy when enabled.
+        the base seed / step / sigma registers, the low-rank factor memory (:meth:`lowrank_memory`),
+        and the float shadow copy when enabled.
         """
         names = self.writes(model)
         n_in = math.prod(model.input_shape)
         label_bytes = 1 if model.output_shape[0] <= 256 else 2
-        pairs = self.population // 2 if self.estimator == "antithetic" else (
-            self.directions if self.estimator == "spsa" else 1)
+        pairs = self.pairs
         gen_bytes = LFSR_BYTES if self.source == "lfsr" else TORCH_GENERATOR_BYTES
         streams = pairs + (1 if self.rounding == "stochastic" and self.estimator != "one-plus-one" else 0)
         items = {
@@ -352,14 +361,40 @@ class ESTrainer:
             "registers": COUNTER_BYTES,
         }
         if self.rank:
-            dense = [model.param(n)[0] for n in names if model.param(n)[0].ndim == 2]
-            per_layer = [self.rank * sum(t.shape) for t in dense]  # a member's factors: rank x (out + in)
-            # evaluation holds one member's factors for every layer; the update, every stream's for one layer
-            items["lowrank_factors"] = FACTOR_BYTES * max(sum(per_layer), pairs * max(per_layer, default=0))
+            items["lowrank_factors"] = self.lowrank_memory(model)["bytes"]
         if self.shadow:
             items["shadow"] = SHADOW_BYTES * sum(model.param(n)[0].numel() for n in names)
         items["total"] = sum(items.values())
         return items
+
+
+    def lowrank_memory(self, model: DeployedModel) -> dict:
+        """Bytes the low-rank factors need (``rank > 0``), by phase, and the design the total assumes.
+
+        * Evaluation: the perturbation lanes read one member's factors ``a_k``, ``b_k`` of every
+          trained dense layer in parallel, so they sit in a factor buffer (16 bits per value), filled
+          from the member's seed.
+        * Update (serial, one weight per clock, every stream replayed in lockstep), the cheaper of:
+          ``"stored"``, every stream's factors of the largest layer (``pairs * rank * (out + in)``
+          values); or ``"restart"``, regenerated row by row as :func:`~.perturb.lowrank_rows` does:
+          per stream ``3 * rank`` cursors (one is the stream's generator, already counted) and
+          ``rank`` factor registers, paid for in generator clocks instead of memory. An LFSR cursor
+          is its 32-bit state and a 5-bit read position (5 B); a torch generator's restart point is a
+          copy of its whole state, so ``"stored"`` wins there.
+
+        The two phases never overlap, so ``bytes`` is the larger of the two.
+        """
+        names = self.writes(model)
+        dense = [model.param(n)[0] for n in names if model.param(n)[0].ndim == 2]
+        per_layer = [self.rank * sum(t.shape) for t in dense]  # a member's factor values: rank x (out + in)
+        pairs = self.pairs
+        cursor = LFSR_CURSOR_BYTES if self.source == "lfsr" else TORCH_GENERATOR_BYTES
+        evaluation = FACTOR_BYTES * sum(per_layer)
+        stored = FACTOR_BYTES * pairs * max(per_layer, default=0)
+        restart = pairs * ((3 * self.rank - 1) * cursor + self.rank * FACTOR_BYTES) if dense else 0
+        design = "restart" if restart < stored else "stored"
+        update = min(stored, restart)
+        return {"evaluation": evaluation, "update": update, "update_design": design, "bytes": max(evaluation, update)}
 
 
 def _push(state: ESState, batch: Batch) -> ESState:
