@@ -510,13 +510,13 @@ def test_stochastic_rounding_unbiased_and_reproduced(mlp, source):
     f = ref_fitness(mlp, members, b.x, b.y)
     w = float(ref_ranks(f)[0] - ref_ranks(f)[1])
     assert abs(w) == 1.0
-    take = trainer._rounding_noise(state)
+    offsets_all = trainer._rounding_noise(state, 6570)
     new, _ = trainer.step(state, b)
     errors, n = {1: [], -1: []}, 0
     for name in state.names:
         t, fmt = mlp.param(name)
         step = trainer.lr * w * z[name][0]
-        offsets = take(step.numel()).reshape(step.shape)
+        offsets = offsets_all[n: n + step.numel()].reshape(step.shape)  # one stream, in parameter order
         assert bool(((offsets >= 0) & (offsets < 1)).all())
         q = new.model.param(name)[0] - t
         assert torch.equal(q, torch.floor(step + offsets).long()), name
@@ -533,16 +533,15 @@ def test_stochastic_rounding_unbiased_and_reproduced(mlp, source):
 def test_rounding_noise_in_unit_interval(mlp, source):
     trainer = ESTrainer(source=source)
     state = trainer.init(mlp, 0)
-    take = trainer._rounding_noise(state)
-    a, b = take(50_000), take(50_000)
-    u = torch.cat([a, b])
+    u = trainer._rounding_noise(state, 100_000)
+    a, b = u[:50_000], u[50_000:]
     assert u.dtype == torch.float64
     assert bool(((u >= 0) & (u < 1)).all())
     assert abs(float(u.mean()) - 0.5) < 0.01 and abs(float(u.var()) - 1 / 12) < 0.005
-    assert not torch.equal(a, b)  # successive draws continue the stream
-    assert torch.equal(trainer._rounding_noise(state)(50_000), a)  # same seed, same offsets
-    other_seed = trainer._rounding_noise(dataclasses.replace(state, seed=1))(50_000)
-    other_step = trainer._rounding_noise(dataclasses.replace(state, step=1))(50_000)
+    assert not torch.equal(a, b)  # one stream, not a repeated block
+    assert torch.equal(trainer._rounding_noise(state, 50_000), a)  # same seed, same offsets; shorter = prefix
+    other_seed = trainer._rounding_noise(dataclasses.replace(state, seed=1), 50_000)
+    other_step = trainer._rounding_noise(dataclasses.replace(state, step=1), 50_000)
     assert not torch.equal(other_seed, a) and not torch.equal(other_step, a)
 
 

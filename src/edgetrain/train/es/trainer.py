@@ -309,12 +309,15 @@ class ESTrainer:
                 shadow[n] = (state.shadow[n] + step[n].to(torch.float32)).clamp(fmt.raw_min, fmt.raw_max)
                 new[n] = round_real(shadow[n], "nearest")
         else:
-            ug = self._rounding_noise(state) if self.rounding == "stochastic" else None
+            ug, offset = None, 0
+            if self.rounding == "stochastic":
+                ug = self._rounding_noise(state, sum(step[n].numel() for n in state.names))
             for n in state.names:
                 fmt = state.model.param(n)[1]
                 s = step[n]
                 if ug is not None:
-                    q = torch.floor(s + ug(s.numel()).reshape(s.shape)).to(torch.int64)
+                    q = torch.floor(s + ug[offset: offset + s.numel()].reshape(s.shape)).to(torch.int64)
+                    offset += s.numel()
                 else:
                     q = round_real(s, self.rounding)
                 new[n] = (state.model.param(n)[0] + q).clamp(fmt.raw_min, fmt.raw_max)
@@ -324,17 +327,12 @@ class ESTrainer:
         return state, {"fitness": float(f.mean()), "fitness_best": float(f.max()), "step_norm_lsb": norm,
                        "_written": written}
 
-    def _rounding_noise(self, state: ESState):
-        """Uniform ``[0, 1)`` offsets for stochastic rounding, from the trainer's random source."""
+    def _rounding_noise(self, state: ESState, n: int) -> torch.Tensor:
+        """``n`` uniform ``[0, 1)`` offsets for stochastic rounding, from the trainer's random source: one
+        stream per generation, read in parameter order (one draw, sliced by the caller)."""
         seed = derive_seed(state.seed, state.step, _ROUND_KEY)
-        offset = [0]
-
-        def take(n: int) -> torch.Tensor:
-            u = draw([seed], offset[0] + n, "uniform", self.source)[0, offset[0]:]
-            offset[0] += n
-            return (u / math.sqrt(3.0) + 1.0) / 2.0
-
-        return take
+        u = draw([seed], n, "uniform", self.source)[0]
+        return (u / math.sqrt(3.0) + 1.0) / 2.0
 
     # -- costs ----------------------------------------------------------------------------------
 
