@@ -6,8 +6,6 @@ patched into the source table, and urlopen is replaced where a download path is 
 
 from __future__ import annotations
 
-import dataclasses
-import gzip
 import hashlib
 import io
 import urllib.request
@@ -16,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from mnist_files import idx_bytes, trust, write_gz
 
 from edgetrain.data import (
     DATASETS,
@@ -138,20 +137,6 @@ def test_dataset_validates_its_splits(x, y, message):
 
 # -------------------------------------------------------------------------------------------- IDX
 
-def idx_bytes(arr: np.ndarray, code: int, magic: int | None = None) -> bytes:
-    """Real-format IDX bytes for ``arr`` (big-endian header + payload)."""
-    dtype = {0x08: ">u1", 0x0B: ">i2", 0x0D: ">f4"}[code]
-    magic = (code << 8) | arr.ndim if magic is None else magic
-    dims = np.array(arr.shape, dtype=">u4").tobytes()
-    return magic.to_bytes(4, "big") + dims + arr.astype(dtype).tobytes()
-
-
-def write_gz(path: Path, data: bytes) -> str:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(gzip.compress(data, mtime=0))
-    return hashlib.md5(path.read_bytes()).hexdigest()
-
-
 def write_mnist(folder: Path, n_train: int = 5, n_test: int = 3, **override: bytes) -> dict:
     """Four small MNIST-format files in ``folder``; returns ``{filename: (md5, array)}``.
     ``override`` replaces a file's raw (uncompressed) bytes, keyed by e.g. ``train_labels``."""
@@ -168,13 +153,6 @@ def write_mnist(folder: Path, n_train: int = 5, n_test: int = 3, **override: byt
         raw = override.get(key, idx_bytes(arr, 0x08))
         out[filename] = (write_gz(folder / filename, raw), arr)
     return out
-
-
-def trust(monkeypatch, files: dict, name: str = "mnist") -> None:
-    """Make the md5 table of ``name`` expect exactly these files."""
-    source = IDX_SOURCES[name]
-    md5 = {fn: m for fn, (m, _) in files.items()}
-    monkeypatch.setitem(IDX_SOURCES, name, dataclasses.replace(source, md5=md5))
 
 
 def test_idx_files_load_with_matching_md5(tmp_path, monkeypatch):

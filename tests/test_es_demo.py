@@ -1,13 +1,26 @@
-"""``edgetrain es-demo`` end to end on digits with a tiny budget: files, records, refusals."""
+"""``edgetrain es-demo`` end to end on digits and on MNIST-format files with a tiny budget: files, records,
+refusals."""
 
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
+import torch
+from mnist_files import (
+    TRAIN_IMAGES,
+    forbid_network,
+    isolate_data_dirs,
+    listing,
+    trust,
+    write_digits_as_mnist,
+)
+from sklearn.datasets import load_digits
 from test_cli import LEDGER_KEYS, RECORD_KEYS
 
 from edgetrain.cli import main
+from edgetrain.data import IDX_SOURCES, load_dataset
 from edgetrain.experiments.es_demo import check_targets
 
 TINY = ["--arch", "mlp", "--sigmas", "0.4", "--epochs", "3", "--finetune-epochs", "1", "--budget", "6000",
@@ -88,3 +101,110 @@ def test_check_targets_judges_only_large_drops():
     assert not bad["met"]
     small = check_targets([rec("es-a", 0.9, shifted=0.9, rec_frac=0.1)])
     assert small["panels"][0]["judged"] is False and not small["met"]
+
+
+# ------------------------------------------------------------------------------------------ MNIST
+# MNIST-format IDX files made from real digits (tests/mnist_files.py), checksums trusted, no network.
+
+MNIST_TINY = ["--dataset", "mnist", "--arch", "mlp,cnn", "--sigmas", "0.4", "--epochs", "3", "--finetune-epochs", "1",
+              "--budget", "1000", "--no-progress"]
+MNIST_TRAIN, MNIST_TEST = 400, 100
+# MACs of one inference on a 1x28x28 image and on digits' 1x8x8 (cnn: 8 and 16 channels, 3x3, two 2x2 pools)
+MACS_28 = {"mlp": 28 * 28 * 64 + 64 * 32 + 32 * 10,
+           "cnn": 28 * 28 * 8 * 9 + 14 * 14 * 16 * 8 * 9 + 16 * 7 * 7 * 10}
+MACS_8 = {"mlp": 8 * 8 * 64 + 64 * 32 + 32 * 10, "cnn": 8 * 8 * 8 * 9 + 4 * 4 * 16 * 8 * 9 + 16 * 2 * 2 * 10}
+LAST_LAYER = {"mlp": ["5.weight", "5.bias"], "cnn": ["7.weight", "7.bias"]}
+
+
+def in_unit_interval(v) -> bool:
+    return isinstance(v, float) and math.isfinite(v) and 0.0 <= v <= 1.0
+
+
+def test_mnist_files_from_digits_load_as_mnist(tmp_path, monkeypatch):
+    isolate_data_dirs(monkeypatch, tmp_path / "cache")
+    forbid_network(monkeypatch)
+    files = write_digits_as_mnist(tmp_path / "mnist", n_train=30, n_test=10)
+    trust(monkeypatch, files)
+    ds = load_dataset("mnist", data_dir=tmp_path, download=False)
+    assert ds.name == "mnist" and ds.input_shape == (1, 28, 28) and ds.n_classes == 10
+    assert ds.train.x.shape == (30, 1, 28, 28) and ds.test.x.shape == (10, 1, 28, 28)
+    digits = load_digits()
+    assert ds.train.y.tolist() == digits.target[:30].tolist() and ds.test.y.tolist() == digits.target[30:40].tolist()
+    assert torch.equal(ds.train.x[:, 0], torch.from_numpy(files[TRAIN_IMAGES][1]).float() / 255)
+    # the digit fills the centred 20x20 box; the 4-pixel frame is empty, as in MNIST
+    assert float(ds.train.x[..., 4:24, 4:24].amax()) == 1.0
+    frame = ds.train.x.clone()
+    frame[..., 4:24, 4:24] = 0
+    assert float(frame.abs().sum()) == 0.0
+
+
+@pytest.fixture(scope="module")
+def es_mnist_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("es-mnist")
+    files = write_digits_as_mnist(root / "data" / "mnist", n_train=MNIST_TRAIN, n_test=MNIST_TEST)
+    out = root / "out"
+    argv = ["es-demo", *MNIST_TINY, "--data-dir", str(root / "data"), "--variants", "es-antithetic,es-spsa",
+            "--out", str(out), "--json", str(out / "records.json")]
+    n = torch.get_num_threads()
+    with pytest.MonkeyPatch.context() as mp:
+        isolate_data_dirs(mp, root / "cache")
+        forbid_network(mp)
+        trust(mp, files)
+        torch.set_num_threads(1)  # tiny tensors: one thread is faster on 2 cores, and deterministic
+        try:
+            assert main(argv) == 0
+        finally:
+            torch.set_num_threads(n)
+    return root, out, json.loads((out / "records.json").read_text())
+
+
+def test_mnist_records_carry_dataset_input_size_and_accuracies(es_mnist_run):
+    root, out, recs = es_mnist_run
+    methods = ["backprop-same-layers", "es-antithetic", "es-spsa"]
+    assert [(r["model"], r["method"]) for r in recs] == [(a, m) for a in ("mlp", "cnn") for m in methods]
+    for arch in ("mlp", "cnn"):
+        bp, *es = [r for r in recs if r["model"] == arch]
+        for r in (bp, *es):
+            assert RECORD_KEYS <= r.keys() and LEDGER_KEYS <= set(r["ledger"])
+            assert r["dataset"] == "mnist" and r["format"] == "fixed16_6" and r["shift"] == "noise:0.4"
+            acc = r["accuracy"]
+            assert all(in_unit_interval(acc[k]) for k in ("clean", "shifted", "final"))
+            assert acc["clean"] == bp["accuracy"]["clean"] and acc["shifted"] == bp["accuracy"]["shifted"]
+            assert all(in_unit_interval(c["accuracy"]) for c in r["curve"] if c["accuracy"] is not None)
+            assert r["trained"] == LAST_LAYER[arch]
+        # real digits with their real labels: the pretrained network is far above chance (0.1)
+        assert bp["accuracy"]["clean"] >= 0.4
+        # every forward pass is an inference on a 1x28x28 image, not on digits' 1x8x8
+        assert bp["ledger"]["forward_passes"] == 3 * MNIST_TRAIN  # three noisy copies, one epoch
+        assert bp["ledger"]["macs_forward"] == bp["ledger"]["forward_passes"] * MACS_28[arch]
+        for r in es:
+            led = r["ledger"]
+            assert r["accuracy"]["reference"] == bp["accuracy"]["final"]
+            assert led["forward_passes"] >= 1000
+            assert led["macs"] == led["forward_passes"] * MACS_28[arch] > led["forward_passes"] * MACS_8[arch]
+            # the device's sample buffer holds 256 whole 784-pixel inputs (16-bit)
+            assert r["extra_memory"]["sample_buffer"] >= 256 * 28 * 28 * 2
+    config = json.loads((out / "config.json").read_text())
+    assert config["dataset"] == "mnist" and config["data_dir"] == str(root / "data") and config["download"] is False
+    assert (out / "es_demo.png").stat().st_size > 1000
+    csv = (out / "es_demo.csv").read_text().splitlines()
+    assert csv[0].startswith("model,shift,method,") and len(csv) == 1 + 2 * 4  # + a "none" row per panel
+    assert json.loads((out / "es_demo.json").read_text()) == recs
+    assert [p["model"] for p in json.loads((out / "targets.json").read_text())["panels"]] == ["cnn", "mlp"]
+    assert listing(root / "cache" / "edgetrain") == []  # read in place: nothing downloaded or copied to the cache
+
+
+def test_mnist_without_files_fails_naming_them_and_writes_nothing(tmp_path, monkeypatch, capsys):
+    isolate_data_dirs(monkeypatch, tmp_path / "cache")
+    forbid_network(monkeypatch)
+    missing, out = tmp_path / "no-such-dir", tmp_path / "out"
+    argv = ["es-demo", *MNIST_TINY, "--data-dir", str(missing), "--out", str(out), "--json", str(out / "r.json")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("edgetrain es-demo: error: mnist: missing file(s) ")
+    for filename, md5 in IDX_SOURCES["mnist"].md5.items():  # each file with its published checksum
+        assert f"{filename} (expected md5 {md5})" in err
+    assert f"Searched: {missing / 'mnist'}, {missing}, {tmp_path / 'cache' / 'edgetrain' / 'mnist'}." in err
+    for hint in ("--data-dir", "EDGETRAIN_DATA", "--download"):
+        assert hint in err
+    assert not out.exists() and not missing.exists() and listing(tmp_path / "cache" / "edgetrain") == []

@@ -1,14 +1,18 @@
-"""``edgetrain lrt-demo`` end to end on digits with a short stream: files, records, refusals."""
+"""``edgetrain lrt-demo`` end to end on digits and on MNIST-format files with a short stream: files, records,
+refusals."""
 
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
+from mnist_files import forbid_network, isolate_data_dirs, listing, trust, write_digits_as_mnist
 from test_cli import LEDGER_KEYS, RECORD_KEYS
 
 from edgetrain.cli import main
+from edgetrain.data import IDX_SOURCES
 from edgetrain.experiments.lrt_demo import DISTRIBUTION_SHIFTS, check_targets, moving_average
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -110,3 +114,86 @@ def test_bad_input_is_refused_before_training(argv, message, tmp_path, capsys):
     err = capsys.readouterr().err
     assert message in err
     assert not (tmp_path / "lrt_demo.json").exists()
+
+
+# ------------------------------------------------------------------------------------------ MNIST
+# MNIST-format IDX files made from real digits (tests/mnist_files.py), checksums trusted, no network.
+
+MNIST_TINY = ["--dataset", "mnist", "--epochs", "2", "--samples", "60", "--no-progress"]
+MNIST_METHODS = "inference-only,sgd-accumulate,lrt-unbiased-maxnorm"
+CNN_MACS_28 = 28 * 28 * 8 * 9 + 14 * 14 * 16 * 8 * 9 + 16 * 7 * 7 * 10  # one cnn inference on 1x28x28
+CNN_MACS_8 = 8 * 8 * 8 * 9 + 4 * 4 * 16 * 8 * 9 + 16 * 2 * 2 * 10  # ... and on digits' 1x8x8
+
+
+def in_unit_interval(v) -> bool:
+    return isinstance(v, float) and math.isfinite(v) and 0.0 <= v <= 1.0
+
+
+@pytest.fixture(scope="module")
+def lrt_mnist_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lrt-mnist")
+    files = write_digits_as_mnist(root / "data" / "mnist", n_train=400, n_test=100)
+    out = root / "out"
+    argv = ["lrt-demo", *MNIST_TINY, "--data-dir", str(root / "data"), "--methods", MNIST_METHODS,
+            "--out", str(out), "--json", str(out / "records.json")]
+    n = torch.get_num_threads()
+    with pytest.MonkeyPatch.context() as mp:
+        isolate_data_dirs(mp, root / "cache")
+        forbid_network(mp)
+        trust(mp, files)
+        torch.set_num_threads(1)
+        try:
+            assert main(argv) == 0
+        finally:
+            torch.set_num_threads(n)
+    return root, out, json.loads((out / "records.json").read_text())
+
+
+def test_mnist_records_carry_dataset_input_size_and_accuracies(lrt_mnist_run):
+    root, out, recs = lrt_mnist_run
+    scenarios = ["control", "distribution", "analog-drift", "digital-drift"]
+    methods = MNIST_METHODS.split(",")
+    assert [(r["shift"], r["method"]) for r in recs] == [(s, m) for s in scenarios for m in methods]
+    for r in recs:
+        assert RECORD_KEYS <= r.keys() and LEDGER_KEYS <= set(r["ledger"])
+        assert r["dataset"] == "mnist" and r["model"] == "cnn" and r["format"] == "int8" and r["samples"] == 60
+        acc = r["accuracy"]
+        assert all(in_unit_interval(acc[k]) for k in ("clean", "shifted", "final"))
+        for k in ("online_accuracy", "online_accuracy_second_half", "online_accuracy_first_pass"):
+            assert in_unit_interval(r[k])
+        assert all(in_unit_interval(p["accuracy"]) for p in r["online_curve"])
+        assert r["online_curve"][-1]["sample"] == 60
+        # every sample costs one cnn inference on a 1x28x28 image, not on digits' 1x8x8
+        led = r["ledger"]
+        assert led["forward_passes"] == 60
+        assert led["macs_forward"] == 60 * CNN_MACS_28 > 60 * CNN_MACS_8
+    # real digits with their real labels: the pretrained network is far above chance (0.1)
+    assert recs[0]["accuracy"]["clean"] >= 0.3
+    by = {(r["shift"], r["method"]): r for r in recs}
+    # the dense layer's gradient accumulator: 10 outputs x 16 channels x 7 x 7 (28 / 4) inputs, float32
+    assert by[("control", "sgd-accumulate")]["aux_memory_bytes"]["7.accumulator"] == 10 * 16 * 7 * 7 * 4
+    assert [s["what"] for s in by[("distribution", "sgd-accumulate")]["segments"]] == list(DISTRIBUTION_SHIFTS)
+    assert by[("analog-drift", "lrt-unbiased-maxnorm")]["ledger"]["weight_writes"] > 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["dataset"] == "mnist" and config["data_dir"] == str(root / "data") and config["download"] is False
+    assert (out / "lrt_demo.png").stat().st_size > 1000
+    csv = (out / "lrt_demo.csv").read_text().splitlines()
+    assert csv[0].startswith("scenario,method,") and len(csv) == 1 + len(recs)
+    assert json.loads((out / "lrt_demo.json").read_text()) == recs
+    assert listing(root / "cache" / "edgetrain") == []  # read in place: nothing downloaded or copied to the cache
+
+
+def test_mnist_without_files_fails_naming_them_and_writes_nothing(tmp_path, monkeypatch, capsys):
+    isolate_data_dirs(monkeypatch, tmp_path / "cache")
+    forbid_network(monkeypatch)
+    missing, out = tmp_path / "no-such-dir", tmp_path / "out"
+    argv = ["lrt-demo", *MNIST_TINY, "--data-dir", str(missing), "--out", str(out), "--json", str(out / "r.json")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("edgetrain lrt-demo: error: mnist: missing file(s) ")
+    for filename, md5 in IDX_SOURCES["mnist"].md5.items():  # each file with its published checksum
+        assert f"{filename} (expected md5 {md5})" in err
+    assert f"Searched: {missing / 'mnist'}, {missing}, {tmp_path / 'cache' / 'edgetrain' / 'mnist'}." in err
+    for hint in ("--data-dir", "EDGETRAIN_DATA", "--download"):
+        assert hint in err
+    assert not out.exists() and not missing.exists() and listing(tmp_path / "cache" / "edgetrain") == []
