@@ -182,6 +182,78 @@ def test_accumulate_gives_persistent_gradients():
     assert plan.by_kind() == {"activation": 7, "weights": 14, "gradient": 32, "optimizer": 24}
 
 
+# ---------------------------------------------------------------- int16 block-float gradient buffer
+
+def test_int16_grad_buffer_by_hand():
+    # accumulate 4, grad_buffer int16 (train.fqt.blockfloat): instead of 4 B per trained value (24 + 8 = 32 B),
+    # int16 mantissas 2 B per value: weight 6 x 2 = 12, bias 2 x 2 = 4; one exponent byte per weight row (2 rows:
+    # 2 B) and one for the bias vector (1 B): 19 B persistent. A sample's block must be complete before its shared
+    # exponent is chosen, so layer 2's backward (step 4) also holds it in int32: one weight row 3 x 4 = 12 B and
+    # the whole bias vector 2 x 4 = 8 B.
+    plan = training_plan(mlp(), LAST, "uint8", accumulate=4, grad_buffer="int16")
+    r = rows(plan)
+    assert {k: v for k, v in r.items() if v[0] == "gradient"} == {
+        "2.weight.grad": ("gradient", 12, 0, 7),
+        "2.weight.grad_exp": ("gradient", 2, 0, 7),
+        "2.weight.grad_row": ("gradient", 12, 4, 4),
+        "2.bias.grad": ("gradient", 4, 0, 7),
+        "2.bias.grad_exp": ("gradient", 1, 0, 7),
+        "2.bias.grad_row": ("gradient", 8, 4, 4),
+    }
+    int32 = rows(training_plan(mlp(), LAST, "uint8", accumulate=4))
+    assert {k: v for k, v in r.items() if v[0] != "gradient"} == {k: v for k, v in int32.items() if v[0] != "gradient"}
+    # state 14 weights + 19 gradient + 24 optimizer = 57; on top as in test_accumulate_gives_persistent_gradients
+    # (7, 3, 5, 7, 7 at steps 0..4) and the two int32 blocks (20 B) at step 4. On this tiny layer the blocks cost
+    # more than the buffer saves (int32: 77 at step 0).
+    assert per_step(plan) == [64, 60, 62, 64, 84, 57, 57, 57]
+    assert (plan.peak_bytes(), plan.peak_step()) == (84, 4)
+    assert plan.by_kind() == {"activation": 5, "error": 2, "weights": 14, "gradient": 39, "optimizer": 24}
+    offsets, arena = plan.layout()
+    assert arena >= 84 and arena % 8 == 0
+    assert all(offsets[b.name] % b.align == 0 for b in plan.buffers)
+    assert {b.name: b.align for b in plan.buffers if b.kind == "gradient"} == {
+        "2.weight.grad": 2, "2.weight.grad_exp": 1, "2.weight.grad_row": 4,
+        "2.bias.grad": 2, "2.bias.grad_exp": 1, "2.bias.grad_row": 4}
+
+
+def test_int16_grad_buffer_conv_net_by_hand():
+    # all trained, accumulate 8. Trained values: 0.weight 18 (2 filters of 9), 0.bias 2, 4.weight 24 (3 rows of 8),
+    # 4.bias 3. int32: 4 x 47 = 188 B. int16: 2 x 47 = 94 B of mantissas + exponents 2 + 1 + 3 + 1 = 7 B: 101 B.
+    # int32 blocks at the backward steps: layer 4 (step 6) a row 8 x 4 = 32 + bias 3 x 4 = 12 = 44 B; layer 0
+    # (step 10) a filter 9 x 4 = 36 + bias 2 x 4 = 8 = 44 B.
+    # Without gradients, per step (test_conv_net_keeps_maxpool_input_by_hand less its grad rows):
+    # [75, 75, 83, 83, 86, 89, 97, 83, 133, 125, 125, 0] + 118 (weights 62 + optimizer 56).
+    model, names = conv_net(), ("0.weight", "0.bias", "4.weight", "4.bias")
+    bfp = training_plan(model, names, "uint8", accumulate=8, grad_buffer="int16")
+    base = [75, 75, 83, 83, 86, 89, 97, 83, 133, 125, 125, 0]
+    blocks = [0, 0, 0, 0, 0, 0, 44, 0, 0, 0, 44, 0]
+    assert per_step(bfp) == [v + 118 + 101 + k for v, k in zip(base, blocks, strict=True)]
+    assert (bfp.peak_bytes(), bfp.peak_step()) == (125 + 118 + 101 + 44, 10)  # 388
+    int32 = training_plan(model, names, "uint8", accumulate=8)
+    assert per_step(int32) == [v + 118 + 188 for v in base]
+    assert (int32.peak_bytes(), int32.peak_step()) == (133 + 118 + 188, 8)  # 439
+    s = training_memory(model, names, "uint8", accumulate=8, grad_buffer="int16")
+    assert (s["train_ram_bytes"], s["by_kind"]["gradient"]) == (388, 101 + 44)
+    # a device with 400 B of SRAM fits the int16 buffer but not the int32 one
+    dev = SimpleNamespace(name="mcu400", sram_bytes=400, flash_bytes=10_000)
+    assert check_training_fits(model, names, "uint8", dev, accumulate=8, grad_buffer="int16").ok
+    with pytest.raises(DoesNotFit, match="mcu400"):
+        check_training_fits(model, names, "uint8", dev, accumulate=8)
+
+
+@pytest.mark.parametrize("precision, accumulate, grad_buffer, match", [
+    ("uint8", 4, "int8", r"grad_buffer 'int8'.*'int32', 'int16'"),
+    ("mixed", 4, "int16", r"grad_buffer 'int16'.*precision 'uint8'.*'mixed'"),
+    ("float32", 4, "int16", r"grad_buffer 'int16'.*precision 'uint8'.*'float32'"),
+    ("uint8", 1, "int16", r"grad_buffer 'int16'.*accumulate/batch 1"),
+])
+def test_bad_grad_buffer(precision, accumulate, grad_buffer, match):
+    with pytest.raises(ValueError, match=match):
+        training_plan(mlp(), LAST, precision, accumulate=accumulate, grad_buffer=grad_buffer)
+    with pytest.raises(ValueError, match=match):
+        training_memory(mlp(), LAST, precision, accumulate=accumulate, grad_buffer=grad_buffer)
+
+
 # peak at step 4 = 33 (activations 5 + error 2 + row 12 + weights 14) + optimizer bytes
 @pytest.mark.parametrize("optimizer, momentum, optimizer_bytes, peak", [
     ("standardize", False, 16 + 8, 57),  # row_stats + e_max

@@ -20,7 +20,9 @@ axis but hold only the persistent buffers.
 Precisions (as compared in the paper):
 
 - ``"uint8"``: activations in their deployed format (``bytes_per_value``), errors 1 B, trained
-  weights/biases in their deployed formats, gradients int32 (4 B).
+  weights/biases in their deployed formats, gradients int32 (4 B), or, with ``grad_buffer="int16"``
+  and mini-batches, an int16 block-floating-point buffer: 2 B per trained value plus a 1 B exponent
+  per weight row / conv filter and per bias vector (``train.fqt.blockfloat``; our extension).
 - ``"mixed"``: uint8 forward as above, float32 backward: errors 4 B, gradients 4 B, parameters in
   their deployed formats.
 - ``"float32"``: every value 4 B (activations, errors, parameters, gradients).
@@ -50,6 +52,15 @@ ERROR_BYTES = {"uint8": 1, "mixed": 4, "float32": 4}
 
 GRAD_BYTES = 4
 """Gradients are int32 accumulators (uint8) or float32 (mixed, float32): 4 B either way."""
+
+GRAD_BUFFERS = ("int32", "int16")
+"""The persistent mini-batch gradient buffer: ``GRAD_BYTES`` per value, or (uint8 only) int16 block float."""
+
+BFP_MANT_BYTES = 2
+"""One int16 mantissa of the block-float gradient buffer."""
+
+BFP_EXP_BYTES = 1
+"""One shared exponent of the block-float gradient buffer (a small non-negative shift: a uint8)."""
 
 STATE_BYTES = 4
 """One optimizer state value (moving mean/variance, momentum): float32."""
@@ -86,14 +97,29 @@ def _check_int(what: str, value: object) -> None:
         raise ValueError(f"{what} must be an integer >= 1, got {value!r}")
 
 
+def check_grad_buffer(grad_buffer: str, precision: str, accumulate: int) -> None:
+    """Refuse a gradient buffer the configuration cannot use: an unknown name, ``"int16"`` outside
+    uint8 training (mixed and float32 accumulate real-valued gradients), or ``"int16"`` without a
+    mini-batch (``accumulate == 1`` keeps no persistent buffer: rows are applied as computed)."""
+    if grad_buffer not in GRAD_BUFFERS:
+        raise ValueError(f"unknown grad_buffer {grad_buffer!r}; choose one of {GRAD_BUFFERS}")
+    if grad_buffer == "int16" and precision != "uint8":
+        raise ValueError(f"grad_buffer 'int16' (block-float int16 gradient accumulation) needs precision 'uint8'; "
+                         f"precision {precision!r} accumulates real-valued gradients: use grad_buffer 'int32'")
+    if grad_buffer == "int16" and accumulate == 1:
+        raise ValueError("grad_buffer 'int16' narrows the persistent mini-batch gradient buffer; with one sample "
+                         "per update (accumulate/batch 1) there is none: use grad_buffer 'int32'")
+
+
 def _setup(model: DeployedModel, trained: Iterable[str], precision: str, optimizer: str,
-           accumulate: int, batch: int) -> _Setup:
+           accumulate: int, batch: int, grad_buffer: str = "int32") -> _Setup:
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; choose one of {PRECISIONS}")
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {OPTIMIZERS}")
     _check_int("accumulate", accumulate)
     _check_int("batch", batch)
+    check_grad_buffer(grad_buffer, precision, accumulate)
     if isinstance(trained, str):
         raise ValueError(f"trained must be a collection of parameter names, got the string {trained!r} "
                          "(wrap one name in a list, or use train.select.select_params)")
@@ -175,12 +201,18 @@ def _error_buffers(model: DeployedModel, s: _Setup, precision: str, batch: int) 
 
 
 def _state_buffers(model: DeployedModel, s: _Setup, precision: str, accumulate: int, optimizer: str,
-                   momentum: bool) -> list[Buffer]:
+                   momentum: bool, grad_buffer: str = "int32") -> list[Buffer]:
     """RAM copies of trained parameters, gradients and optimizer state.
 
     Persistent buffers live over the whole plan (``0 .. 2n+1``). With ``accumulate == 1`` the
     gradient is computed and applied one output row at a time, so each trained weight needs only
     a one-row temporary at its layer's backward step.
+
+    ``grad_buffer="int16"`` (mini-batches, uint8): each trained tensor's persistent gradient is int16
+    mantissas (``.grad``, 2 B per value) plus one exponent byte per row (``.grad_exp``: per weight row
+    or conv filter; one for a bias vector). A sample's gradient block must be complete before its
+    shared exponent can be chosen, so its layer's backward step also holds that block in int32
+    (``.grad_row``: one weight row, or the whole bias vector).
     """
     n = len(model.layers)
     end = 2 * n + 1
@@ -191,7 +223,15 @@ def _state_buffers(model: DeployedModel, s: _Setup, precision: str, accumulate: 
         out.append(Buffer(f"{name}.ram", t.numel() * size, 0, end, "weights", _align(size)))
     for name in s.names:
         t, _ = model.param(name)
-        if accumulate > 1:
+        if accumulate > 1 and grad_buffer == "int16":
+            is_weight = name.endswith(".weight")
+            step = _backward_step(n, int(name.split(".")[0]))
+            out.append(Buffer(f"{name}.grad", t.numel() * BFP_MANT_BYTES, 0, end, "gradient", BFP_MANT_BYTES))
+            out.append(Buffer(f"{name}.grad_exp", (int(t.shape[0]) if is_weight else 1) * BFP_EXP_BYTES, 0, end,
+                              "gradient", BFP_EXP_BYTES))
+            block = t[0].numel() if is_weight else t.numel()
+            out.append(Buffer(f"{name}.grad_row", block * GRAD_BYTES, step, step, "gradient", GRAD_BYTES))
+        elif accumulate > 1:
             out.append(Buffer(f"{name}.grad", t.numel() * GRAD_BYTES, 0, end, "gradient", GRAD_BYTES))
         elif name.endswith(".weight"):
             step = _backward_step(n, int(name.split(".")[0]))
@@ -209,7 +249,8 @@ def _state_buffers(model: DeployedModel, s: _Setup, precision: str, accumulate: 
 
 
 def training_plan(model: DeployedModel, trained: Iterable[str], precision: str, *, accumulate: int = 1,
-                  optimizer: str = "standardize", momentum: bool = False, batch: int = 1) -> MemoryPlan:
+                  optimizer: str = "standardize", momentum: bool = False, batch: int = 1,
+                  grad_buffer: str = "int32") -> MemoryPlan:
     """Every RAM buffer of one FQT training step with its lifetime on the step axis (module doc).
 
     ``trained``: parameter names ``"<layer>.<weight|bias>"`` (see ``train.select.select_params``).
@@ -219,12 +260,14 @@ def training_plan(model: DeployedModel, trained: Iterable[str], precision: str, 
     ``momentum`` (4 B per trained value; ``momentum`` adds the same buffer to ``"standardize"``).
     Every trained layer also keeps its running error maximum ``e_max`` for dynamic partial updates
     (Deutel et al. 2024, arXiv 2407.10734, sec. IV). ``batch``: samples per forward; multiplies the
-    per-sample tensors (activations, errors), not parameters, gradients or state.
+    per-sample tensors (activations, errors), not parameters, gradients or state. ``grad_buffer``:
+    ``"int32"`` (default) or ``"int16"``, the block-float buffer of uint8 mini-batches
+    (``_state_buffers``; refused where it does not apply, ``check_grad_buffer``).
     """
-    s = _setup(model, trained, precision, optimizer, accumulate, batch)
+    s = _setup(model, trained, precision, optimizer, accumulate, batch, grad_buffer)
     return MemoryPlan(tuple(_activation_buffers(model, s, precision, batch)
                             + _error_buffers(model, s, precision, batch)
-                            + _state_buffers(model, s, precision, accumulate, optimizer, bool(momentum))))
+                            + _state_buffers(model, s, precision, accumulate, optimizer, bool(momentum), grad_buffer)))
 
 
 def training_flash_bytes(model: DeployedModel, precision: str) -> int:
@@ -257,13 +300,14 @@ def step_label(model: DeployedModel, step: int) -> str:
 
 
 def training_memory(model: DeployedModel, trained: Iterable[str], precision: str, *, accumulate: int = 1,
-                    optimizer: str = "standardize", momentum: bool = False, batch: int = 1) -> dict:
+                    optimizer: str = "standardize", momentum: bool = False, batch: int = 1,
+                    grad_buffer: str = "int32") -> dict:
     """Summary of ``training_plan``: peak RAM, the earliest step where it occurs, bytes per kind at
     that step (every kind in ``TRAINING_KINDS``, 0 if absent), training flash, every buffer, and
     ``arena_bytes``: the size of the static arena that holds them all at fixed offsets
     (``MemoryPlan.layout``; what the C export allocates, at least the peak)."""
     plan = training_plan(model, trained, precision, accumulate=accumulate, optimizer=optimizer,
-                         momentum=momentum, batch=batch)
+                         momentum=momentum, batch=batch, grad_buffer=grad_buffer)
     at_peak = plan.by_kind()
     _, arena = plan.layout()
     return {
@@ -288,13 +332,13 @@ class DoesNotFit(ValueError):
 
 def check_training_fits(model: DeployedModel, trained: Iterable[str], precision: str, device: object, *,
                         accumulate: int = 1, optimizer: str = "standardize", momentum: bool = False,
-                        batch: int = 1) -> FitReport:
+                        batch: int = 1, grad_buffer: str = "int32") -> FitReport:
     """The (ok) ``FitReport`` of training's peak RAM and flash on ``device`` (anything with ``name``,
     ``sram_bytes``, ``flash_bytes``); raises ``DoesNotFit`` naming the device, the peak step and the
     buffers live there when either does not fit."""
     trained = trained if isinstance(trained, str) else tuple(trained)  # read twice below
     plan = training_plan(model, trained, precision, accumulate=accumulate, optimizer=optimizer,
-                         momentum=momentum, batch=batch)
+                         momentum=momentum, batch=batch, grad_buffer=grad_buffer)
     report = fits(device, plan, training_flash_bytes(model, precision))
     if report.ok:
         return report

@@ -68,6 +68,9 @@ def check_exportable(model: DeployedModel, trainer: FQTTrainer) -> None:
     if opt.kind != "sgd" or opt.momentum:
         raise NotExportable(f"the C export implements plain SGD (optimizer 'sgd', momentum 0); got {opt.kind!r}"
                             f"{' with momentum' if opt.momentum else ''}")
+    if trainer.grad_buffer != "int32":
+        raise NotExportable(f"the C export accumulates gradients in int32 (grad_buffer 'int32'); grad_buffer "
+                            f"{trainer.grad_buffer!r} (block-float int16) is Python-only")
     check_model_exportable(model)
     trainer.layers(model)  # validates the params spec
 

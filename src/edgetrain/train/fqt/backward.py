@@ -10,6 +10,10 @@ filters) with the largest mean |error| are kept, the others are pruned from the 
 weight-gradient and error-propagation work is skipped, and not counted in ``macs_backward``.
 
 Error formats: one per layer input (``e_fmts``, default the fixed range [-1, 1] of ``error_format``).
+
+``per_sample=True`` also returns each sample's int32 weight and bias gradients (the ``*_samples``
+kernels, vectorized over the batch), which the opt-in int16 block-float gradient buffer
+(``blockfloat``) adds one sample at a time; the default path computes only the batch sums.
 """
 
 from __future__ import annotations
@@ -25,10 +29,13 @@ from ...model.layers import Conv1d, Conv2d, Dense, Flatten, GlobalAvgPool, MaxPo
 from ...quant import Affine
 from .kernels import (
     bias_grad,
+    bias_grad_samples,
     conv_input_acc,
     conv_weight_grad,
+    conv_weight_grad_samples,
     dense_input_acc,
     dense_weight_grad,
+    dense_weight_grad_samples,
     error_format,
     global_avg_pool_acc,
     global_avg_pool_grad,
@@ -68,6 +75,11 @@ class Grads:
     ``kept[i]`` is ``[B]``: how many each sample kept. ``e_absmax[i]`` is the largest real |value| of
     the error at layer ``i``'s input before it was quantized (``i = len(layers)``: the loss head), what
     the moving-average range mode tracks.
+
+    ``weight_samples`` / ``bias_samples`` are filled only by ``backward_uint8(..., per_sample=True)``:
+    each sample's own int32 accumulators (``[B, *shape]``, same scales), what the int16 block-float
+    buffer adds one at a time. In that mode ``weight`` / ``bias`` hold their exact sums (int64: a device
+    with the block-float buffer never forms them, so they are not held to the int32 range).
     """
 
     weight: dict[int, tuple[torch.Tensor, float]] = field(default_factory=dict)
@@ -78,6 +90,8 @@ class Grads:
     loss_error: torch.Tensor | None = None
     kept: dict[int, torch.Tensor] = field(default_factory=dict)
     e_absmax: dict[int, float] = field(default_factory=dict)
+    weight_samples: dict[int, tuple[torch.Tensor, float]] = field(default_factory=dict)
+    bias_samples: dict[int, tuple[torch.Tensor, float]] = field(default_factory=dict)
 
     def real_weight_grad(self, index: int) -> torch.Tensor:
         """Per-element float temporary of layer ``index``'s weight gradient."""
@@ -102,6 +116,29 @@ def _check_uint8(model: DeployedModel, trained: set[int]) -> None:
                                  f"--format uint8 (got {fmt.name})")
 
 
+def _batch_grads(layer, e, ef, raw_in, rows, with_weight: bool):
+    """(weight grad or None, bias grad, (None, None)): the int32 accumulators summed over the batch."""
+    w = None
+    if with_weight:
+        w = (dense_weight_grad(e, ef, raw_in, layer.in_fmt, rows) if isinstance(layer, Dense)
+             else conv_weight_grad(e, ef, raw_in, layer.in_fmt, tuple(layer.weight.shape[2:]), layer.stride,
+                                   layer.padding, rows))
+    return w, bias_grad(e, ef, rows), (None, None)
+
+
+def _sample_grads(layer, e, ef, raw_in, rows, with_weight: bool):
+    """(weight sum or None, bias sum, (weight per sample or None, bias per sample)): each sample's int32
+    accumulators and their exact int64 sums."""
+    w = None
+    if with_weight:
+        w = (dense_weight_grad_samples(e, ef, raw_in, layer.in_fmt, rows) if isinstance(layer, Dense)
+             else conv_weight_grad_samples(e, ef, raw_in, layer.in_fmt, tuple(layer.weight.shape[2:]), layer.stride,
+                                           layer.padding, rows))
+    b = bias_grad_samples(e, ef, rows)
+    total = None if w is None else (w[0].sum(0), w[1])
+    return total, (b[0].sum(0), b[1]), (w, b)
+
+
 def backward_uint8(
     model: DeployedModel,
     q: torch.Tensor,
@@ -112,11 +149,13 @@ def backward_uint8(
     policy: PartialPolicy | None = None,
     e_max: dict[int, float] | None = None,
     bias_only: frozenset[int] | set[int] = frozenset(),
+    per_sample: bool = False,
 ) -> Grads:
     """Integer backward of ``model`` on raw input ``q`` and labels ``y``, computing the weight and
     bias gradients of the ``trained`` layers (indices of dense/conv layers; those also in ``bias_only``
-    get only their bias gradient, and their weight-gradient work is neither done nor counted). See
-    the module docstring."""
+    get only their bias gradient, and their weight-gradient work is neither done nor counted).
+    ``per_sample`` also keeps each sample's gradients (``Grads.weight_samples``); the errors, the
+    kept rows and the MACs do not depend on it. See the module docstring."""
     if not trained:
         raise ValueError("backward_uint8 needs at least one trained layer")
     _check_uint8(model, trained)
@@ -136,6 +175,7 @@ def backward_uint8(
     lowest = min(trained)
     maxima = dict(e_max or {})
     weight, bias, rows_used, kept_per_sample = {}, {}, {}, {}
+    weight_samples, bias_samples = {}, {}
     macs = 0
     batch = q.shape[0]
     for i in range(n_layers - 1, lowest - 1, -1):
@@ -156,12 +196,15 @@ def backward_uint8(
             positions = math.prod(e.shape[2:]) if e.ndim > 2 else 1
             work = int(kept.sum()) * fan_in * positions
             if i in trained:
-                if i not in bias_only:
-                    weight[i] = (dense_weight_grad(e, ef, raw_in, layer.in_fmt, rows) if isinstance(layer, Dense)
-                                 else conv_weight_grad(e, ef, raw_in, layer.in_fmt, tuple(layer.weight.shape[2:]),
-                                                       layer.stride, layer.padding, rows))
+                grads = _sample_grads if per_sample else _batch_grads
+                w_grad, bias[i], (w_samples, b_samples) = grads(layer, e, ef, raw_in, rows, i not in bias_only)
+                if w_grad is not None:
+                    weight[i] = w_grad
                     macs += work
-                bias[i] = bias_grad(e, ef, rows)
+                if w_samples is not None:
+                    weight_samples[i] = w_samples
+                if b_samples is not None:
+                    bias_samples[i] = b_samples
                 rows_used[i] = torch.arange(n_out) if rows is None else rows
                 kept_per_sample[i] = kept
             if i > lowest:
@@ -188,7 +231,8 @@ def backward_uint8(
         if not isinstance(layer, (Dense, Conv2d, Conv1d, GlobalAvgPool)):
             in_ef = ef  # element-wise layers keep the error format
         ef = in_ef
-    return Grads(weight, bias, rows_used, macs, maxima, loss_error, kept_per_sample, absmax)
+    return Grads(weight, bias, rows_used, macs, maxima, loss_error, kept_per_sample, absmax, weight_samples,
+                 bias_samples)
 
 
 __all__ = ["Grads", "PartialPolicy", "backward_uint8"]

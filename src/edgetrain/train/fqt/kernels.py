@@ -18,6 +18,10 @@ Dense (``y = W a``): ``e_a = W^T e_y``, ``dW = e_y a^T``, ``db = sum e_y``. Conv
 zero point. MaxPool routes each window's error to the first maximum in scan order (non-overlapping
 windows). GlobalAvgPool spreads ``e / positions``. ``rows`` selects the output channels (dense rows,
 conv filters) whose weight gradient is computed; the rest are not computed (and not counted).
+
+The ``*_samples`` twins of the weight and bias gradients keep the batch axis (each sample's own int32
+accumulator, vectorized over the batch): the int16 block-float gradient buffer (``blockfloat``) adds
+them one sample at a time. The batch-summed kernels are what the default int32 buffer uses.
 """
 
 from __future__ import annotations
@@ -166,6 +170,32 @@ def bias_grad(e: torch.Tensor, e_fmt: Affine, rows: torch.Tensor | None = None) 
     return _acc32(acc, "bias gradient"), e_fmt.scale[0]
 
 
+def dense_weight_grad_samples(e: torch.Tensor, e_fmt: Affine, a: torch.Tensor, a_fmt: Affine,
+                              rows: torch.Tensor | None = None) -> tuple[torch.Tensor, float]:
+    """Each sample's ``dW = e_y a^T`` on its own: int32 accumulators ``[B, out, in]`` (zero outside
+    ``rows``) and the real scale ``s_e s_a``. Summed over the batch they are ``dense_weight_grad``'s;
+    the int16 block-float buffer (``blockfloat``) adds them one sample at a time."""
+    ec, ac = _centred(e, e_fmt), _centred(a, a_fmt)
+    acc = torch.zeros(ec.shape[0], ec.shape[1], ac.shape[1], dtype=torch.float64)
+    if rows is None:
+        acc = ec.unsqueeze(2) * ac.unsqueeze(1)
+    elif rows.numel():
+        acc[:, rows] = ec[:, rows].unsqueeze(2) * ac.unsqueeze(1)
+    return _acc32(acc, "dense weight gradient of one sample"), e_fmt.scale[0] * a_fmt.scale[0]
+
+
+def bias_grad_samples(e: torch.Tensor, e_fmt: Affine, rows: torch.Tensor | None = None) -> tuple[torch.Tensor, float]:
+    """Each sample's ``db`` (its error summed over positions per output channel): int32 ``[B, out]``
+    (zero outside ``rows``) and ``s_e``; summed over the batch they are ``bias_grad``'s."""
+    ec = _centred(e, e_fmt)
+    acc = ec.reshape(ec.shape[0], ec.shape[1], -1).sum(2)
+    if rows is not None:
+        keep = torch.zeros(acc.shape[1], dtype=torch.bool)
+        keep[rows] = True
+        acc = torch.where(keep, acc, torch.zeros_like(acc))
+    return _acc32(acc, "bias gradient of one sample"), e_fmt.scale[0]
+
+
 # -- convolution ----------------------------------------------------------------------------------------
 
 
@@ -199,16 +229,22 @@ def conv_input_acc(e: torch.Tensor, e_fmt: Affine, w: torch.Tensor, w_fmt: Affin
     return _acc32(acc.reshape(full), "convolution input gradient"), e_fmt.scale[0] * w_fmt.scale[0]
 
 
-def conv_weight_grad(e: torch.Tensor, e_fmt: Affine, a: torch.Tensor, a_fmt: Affine, kernel: tuple[int, ...],
-                     stride, padding, rows: torch.Tensor | None = None) -> tuple[torch.Tensor, float]:
-    """``dW`` of a convolution as an int32 accumulator ``[C_out, C_in, *kernel]`` (zero outside
-    ``rows``) and its real scale: the correlation of the zero-padded centred input with the errors."""
+def _conv_grad_operands(e: torch.Tensor, e_fmt: Affine, a: torch.Tensor, a_fmt: Affine, kernel: tuple[int, ...],
+                        stride, padding) -> tuple[torch.Tensor, torch.Tensor]:
+    """Centred errors ``[B, C_out, P]`` and the unfolded zero-padded centred input ``[B, C_in*k, P]``."""
     conv1d = len(kernel) == 1
     st, pad = _geometry(stride, padding, conv1d)
     k2 = (1, kernel[0]) if conv1d else tuple(kernel)
     ec = _as2d(_centred(e, e_fmt), conv1d)
-    cols = F.unfold(_as2d(_centred(a, a_fmt), conv1d), k2, padding=pad, stride=st)  # [B, C_in*k, P]
-    ec = ec.flatten(2)  # [B, C_out, P]
+    cols = F.unfold(_as2d(_centred(a, a_fmt), conv1d), k2, padding=pad, stride=st)
+    return ec.flatten(2), cols
+
+
+def conv_weight_grad(e: torch.Tensor, e_fmt: Affine, a: torch.Tensor, a_fmt: Affine, kernel: tuple[int, ...],
+                     stride, padding, rows: torch.Tensor | None = None) -> tuple[torch.Tensor, float]:
+    """``dW`` of a convolution as an int32 accumulator ``[C_out, C_in, *kernel]`` (zero outside
+    ``rows``) and its real scale: the correlation of the zero-padded centred input with the errors."""
+    ec, cols = _conv_grad_operands(e, e_fmt, a, a_fmt, kernel, stride, padding)
     c_out = ec.shape[1]
     acc = torch.zeros(c_out, cols.shape[1], dtype=torch.float64)
     if rows is None:
@@ -217,6 +253,22 @@ def conv_weight_grad(e: torch.Tensor, e_fmt: Affine, a: torch.Tensor, a_fmt: Aff
         acc[rows] = torch.einsum("bop,bkp->ok", ec[:, rows], cols)
     shape = (c_out, a.shape[1], *kernel)
     return _acc32(acc.reshape(shape), "convolution weight gradient"), e_fmt.scale[0] * a_fmt.scale[0]
+
+
+def conv_weight_grad_samples(e: torch.Tensor, e_fmt: Affine, a: torch.Tensor, a_fmt: Affine, kernel: tuple[int, ...],
+                             stride, padding, rows: torch.Tensor | None = None) -> tuple[torch.Tensor, float]:
+    """Each sample's convolution ``dW`` on its own: int32 accumulators ``[B, C_out, C_in, *kernel]``
+    (zero outside ``rows``) and the real scale; summed over the batch they are ``conv_weight_grad``'s
+    (the same correlation with the batch axis kept: ``bop,bkp->bok``)."""
+    ec, cols = _conv_grad_operands(e, e_fmt, a, a_fmt, kernel, stride, padding)
+    b, c_out = ec.shape[0], ec.shape[1]
+    acc = torch.zeros(b, c_out, cols.shape[1], dtype=torch.float64)
+    if rows is None:
+        acc = torch.einsum("bop,bkp->bok", ec, cols)
+    elif rows.numel():
+        acc[:, rows] = torch.einsum("bop,bkp->bok", ec[:, rows], cols)
+    shape = (b, c_out, a.shape[1], *kernel)
+    return _acc32(acc.reshape(shape), "convolution weight gradient of one sample"), e_fmt.scale[0] * a_fmt.scale[0]
 
 
 # -- element-wise and pooling -----------------------------------------------------------------------------
@@ -371,8 +423,9 @@ def prune_error(e: torch.Tensor, e_fmt: Affine, rows: torch.Tensor) -> torch.Ten
     return prune_error_per_sample(e, e_fmt, keep.expand(e.shape[0], -1))
 
 
-__all__ = ["ACC_MAX", "ACC_MIN", "bias_grad", "channel_error", "conv_input_acc", "conv_input_grad",
-           "conv_weight_grad", "dense_input_acc", "dense_input_grad", "dense_weight_grad", "dynamic_k",
+__all__ = ["ACC_MAX", "ACC_MIN", "bias_grad", "bias_grad_samples", "channel_error", "conv_input_acc",
+           "conv_input_grad", "conv_weight_grad", "conv_weight_grad_samples", "dense_input_acc", "dense_input_grad",
+           "dense_weight_grad", "dense_weight_grad_samples", "dynamic_k",
            "error_format", "global_avg_pool_acc", "global_avg_pool_grad", "maxpool_grad", "partial_mask",
            "prune_error", "prune_error_per_sample", "quantize_error", "relu_grad", "requant_error", "saturation_grad",
            "sample_channel_abs_sum", "sample_channel_error", "sample_error_level", "softmax_ce_error",

@@ -29,6 +29,15 @@ Update rates: ``lam_min == lam_max == 1`` is the full update; ``lam_min == lam_m
 (``"last:2"``, ``"bias"``, ``"all"``...), which also gives the static "last-k layers only" and
 "bias-only" alternatives.
 
+Gradient buffer (``grad_buffer``, uint8 mini-batches only): ``"int32"`` (default, and what the generated C keeps) sums
+each sample's int32 gradients in a persistent int32 buffer as large as float32's; ``"int16"`` keeps int16
+mantissas with one shared exponent per weight row / conv filter and per bias vector (block floating
+point, the standard DSP technique for narrow accumulators; our extension, not the paper's, in
+``blockfloat``), half the buffer's bytes plus one byte per row, at the cost of rounding once a partial
+sum outgrows int16. With ``batch == 1`` there is no persistent buffer, so ``"int16"`` is refused there,
+as it is for ``mixed`` and ``float32`` (real-valued gradients); the C export (``export``) implements
+only ``"int32"``.
+
 Every step reports forward and backward MACs actually done, the peak training RAM and flash of this
 configuration (``cost.training_memory``, for mini-batches of ``batch`` samples) and the stored weight
 values it changed. With ``device`` set, ``init`` refuses a configuration that does not fit the
@@ -48,7 +57,7 @@ import torch.nn.functional as F
 from ...cost import Ledger
 from ...cost.macs import inference_macs
 from ...cost.memory import inference_plan
-from ...cost.training_memory import check_training_fits, training_memory
+from ...cost.training_memory import GRAD_BUFFERS, check_grad_buffer, check_training_fits, training_memory
 from ...device import get_device
 from ...model import DeployedModel
 from ...model.forward import forward_int
@@ -56,7 +65,8 @@ from ...model.layers import Conv1d, Conv2d, Dense
 from ...quant import Affine, affine_from_range, dequantize, quantize
 from ..protocol import Batch, StepInfo, check_batch
 from ..select import select_params
-from .backward import PartialPolicy, backward_uint8
+from .backward import Grads, PartialPolicy, backward_uint8
+from .blockfloat import bfp_sum
 from .kernels import error_format
 from .optimizer import LayerOptState, Optimizer, opt_init, opt_update
 from .real import RealParams, backward_real, forward_real
@@ -110,6 +120,8 @@ class FQTTrainer:
     device: str | None = None
     """A device profile name: ``init`` refuses a configuration that does not fit it."""
     label: str | None = None
+    grad_buffer: str = "int32"
+    """The mini-batch gradient buffer: ``"int32"`` or ``"int16"`` block float (uint8, ``batch > 1``; module doc)."""
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -123,6 +135,7 @@ class FQTTrainer:
             raise ValueError(f"error_range must be a finite number > 0, got {self.error_range!r}")
         if not (isinstance(self.batch, int) and self.batch >= 1):
             raise ValueError(f"batch must be an integer >= 1, got {self.batch!r}")
+        check_grad_buffer(self.grad_buffer, self.precision, self.batch)
         if self.optimizer.kind == "qas" and self.precision == "float32":
             raise ValueError("the 'qas' optimizer scales integer-weight gradients; float32 training has none")
         if self.device is not None:
@@ -146,7 +159,8 @@ class FQTTrainer:
 
     @property
     def name(self) -> str:
-        return self.label or f"fqt-{self.precision}-{self.rate_tag}"
+        buffer = "-int16" if self.grad_buffer == "int16" else ""
+        return self.label or f"fqt-{self.precision}-{self.rate_tag}{buffer}"
 
     def writes(self, model: DeployedModel) -> tuple[str, ...]:
         return select_params(model, self.params)
@@ -164,7 +178,8 @@ class FQTTrainer:
     def memory(self, model: DeployedModel) -> dict:
         """Peak training RAM by buffer kind, flash, and the buffers (``cost.training_memory``)."""
         return training_memory(model, self.writes(model), self.precision, accumulate=self.batch,
-                               optimizer=self.optimizer.kind, momentum=self.optimizer.momentum > 0)
+                               optimizer=self.optimizer.kind, momentum=self.optimizer.momentum > 0,
+                               grad_buffer=self.grad_buffer)
 
     def init(self, model: DeployedModel, seed: int = 0) -> FQTState:
         _check_uint8_model(model)  # every mode starts from (and float32 exports back to) the uint8 deployment
@@ -174,7 +189,7 @@ class FQTTrainer:
         if self.device is not None:
             check_training_fits(model, self.writes(model), self.precision, get_device(self.device),
                                 accumulate=self.batch, optimizer=self.optimizer.kind,
-                                momentum=self.optimizer.momentum > 0)
+                                momentum=self.optimizer.momentum > 0, grad_buffer=self.grad_buffer)
         real = None
         if self.precision == "float32":
             real = {i: (dequantize(layer.weight, layer.w_fmt).to(torch.float32),
@@ -225,10 +240,11 @@ class FQTTrainer:
             logits = dequantize(trace.outputs[-1], model.output_fmt)
             t_back = time.perf_counter()
             g = backward_uint8(model, x, y, trained, trace, self._e_fmts(state, n), self.policy, state.e_max,
-                               bias_only)
+                               bias_only, per_sample=self.grad_buffer == "int16")
+            grad_w, grad_b = accumulated_grads(g, self.grad_buffer)
             backward_s = time.perf_counter() - t_back
-            grad_w = {i: g.real_weight_grad(i) / b for i in g.weight}
-            grad_b = {i: g.real_bias_grad(i) / b for i in g.bias}
+            grad_w = {i: w / b for i, w in grad_w.items()}
+            grad_b = {i: v / b for i, v in grad_b.items()}
             if self.ranges == "moving":
                 r = self.range_rate
                 for i, m in g.e_absmax.items():
@@ -330,6 +346,25 @@ class FQTTrainer:
         return correct / q.shape[0]
 
 
+def accumulated_grads(g: Grads, grad_buffer: str = "int32") -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]:
+    """The real weight and bias gradients summed over the mini-batch as the gradient buffer holds them.
+
+    ``"int32"``: the batch-summed int32 accumulators times their scales (``Grads.real_weight_grad``).
+    ``"int16"``: each sample's int32 gradients (``backward_uint8(..., per_sample=True)``) added one after
+    another into the int16 block-float buffer (``blockfloat.bfp_sum``: one exponent per weight row / conv
+    filter, one per bias vector), its exact values ``m * 2**x`` times the same scales. Where no partial
+    sum leaves int16 the two are bit-identical."""
+    if grad_buffer == "int32":
+        return ({i: g.real_weight_grad(i) for i in g.weight}, {i: g.real_bias_grad(i) for i in g.bias})
+    if grad_buffer != "int16":
+        raise ValueError(f"unknown grad_buffer {grad_buffer!r}; expected one of {GRAD_BUFFERS}")
+    if set(g.bias_samples) != set(g.bias):
+        raise ValueError("grad_buffer 'int16' needs per-sample gradients: backward_uint8(..., per_sample=True)")
+    weight = {i: bfp_sum(acc)[0].to(torch.float64) * scale for i, (acc, scale) in g.weight_samples.items()}
+    bias = {i: bfp_sum(acc, one_row=True)[0].to(torch.float64) * scale for i, (acc, scale) in g.bias_samples.items()}
+    return weight, bias
+
+
 def _bias_fmt(in_fmt: Affine, w_fmt: Affine) -> Affine:
     return Affine(32, True, (in_fmt.scale[0] * w_fmt.scale[0],), (0,))
 
@@ -374,4 +409,4 @@ def _check_uint8_model(model: DeployedModel) -> None:
                                      f"got {getattr(fmt, 'name', fmt)} (deploy with --format uint8)")
 
 
-__all__ = ["PRECISIONS", "RANGES", "FQTState", "FQTTrainer"]
+__all__ = ["GRAD_BUFFERS", "PRECISIONS", "RANGES", "FQTState", "FQTTrainer", "accumulated_grads"]
