@@ -15,7 +15,7 @@ from edgetrain.experiments.fqt_demo import FQTDemoConfig, check_targets, make_ta
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 METHODS = ["fqt-float32-full", "fqt-float32-dyn10", "fqt-mixed-full", "fqt-mixed-dyn10", "fqt-uint8-full",
-           "fqt-uint8-dyn10", "fqt-uint8-fix10", "fqt-uint8-last1", "fqt-uint8-bias"]
+           "fqt-uint8-dyn10", "fqt-uint8-fix10", "fqt-uint8-last1", "fqt-uint8-bias", "fqt-uint8-full-int16"]
 
 
 @pytest.fixture(scope="module")
@@ -68,11 +68,17 @@ def test_targets_are_computed_from_the_records(fqt_run):
     _, recs = fqt_run
     t = check_targets(recs)
     names = [c["target"] for c in t["checks"]]
-    assert len(names) == 5 and t["task"] == "digits-transfer"
+    assert len(names) == 7 and t["task"] == "digits-transfer"
     ram = next(c for c in t["checks"] if "per-sample" in c["target"])
     u = next(r for r in recs if r["method"] == "fqt-uint8-full")
     f = next(r for r in recs if r["method"] == "fqt-float32-full")
+    h = next(r for r in recs if r["method"] == "fqt-uint8-full-int16")
     assert ram["measured"] == round(u["train_ram_bytes_batch1"] / f["train_ram_bytes_batch1"], 3)
+    ram16 = next(c for c in t["checks"] if "int16-buffer / float32" in c["target"])
+    assert ram16["measured"] == round(h["ledger"]["train_ram_bytes"] / f["ledger"]["train_ram_bytes"], 3)
+    # the int16 buffer: 2 B per trained value + 1 B per row exponent instead of 4 B per value
+    assert h["ledger"]["train_ram_bytes"] < u["ledger"]["train_ram_bytes"]
+    assert ram16["measured"] <= 0.45 and ram16["met"]
     assert t["met"] == all(c["met"] for c in t["checks"])
 
 
@@ -82,7 +88,10 @@ def test_trainers_and_memory_of_a_task():
     task = make_task("digits-transfer", cfg, 0)
     trainers = make_trainers(task, cfg)
     assert list(trainers) == ["fqt-uint8-full", "fqt-uint8-dyn50", "fqt-uint8-fix10", "fqt-uint8-last1",
-                              "fqt-uint8-bias"]
+                              "fqt-uint8-bias", "fqt-uint8-full-int16"]
+    assert trainers["fqt-uint8-full-int16"].grad_buffer == "int16"
+    assert "fqt-uint8-full-int16" not in make_trainers(task, FQTDemoConfig(rates=(1.0,), precisions=("uint8",),
+                                                                          batch=1))
     assert trainers["fqt-uint8-dyn50"].lam_min == 0.0 and trainers["fqt-uint8-dyn50"].lam_max == 0.5
     assert trainers["fqt-uint8-full"].writes(task.model) == ("3.weight", "3.bias", "7.weight", "7.bias")
     assert trainers["fqt-uint8-bias"].writes(task.model) == ("3.bias", "7.bias")
