@@ -97,3 +97,24 @@ def listing(folder: Path) -> list[str]:
     if not folder.exists():
         return []
     return sorted(os.path.relpath(p, folder) for p in folder.rglob("*"))
+
+
+def check_missing_mnist_refused(command: str, tiny_args: list[str], tmp_path: Path, monkeypatch, capsys) -> None:
+    """Run ``edgetrain COMMAND --dataset mnist`` against a data dir that does not exist, offline: it must
+    exit 2 naming every missing file with its published md5, where it looked and how to fix it, and leave
+    nothing behind (no output folder, no data dir, nothing in the cache, no URL opened)."""
+    from edgetrain.cli import main
+
+    isolate_data_dirs(monkeypatch, tmp_path / "cache")
+    forbid_network(monkeypatch)
+    missing, out = tmp_path / "no-such-dir", tmp_path / "out"
+    argv = [command, *tiny_args, "--data-dir", str(missing), "--out", str(out), "--json", str(out / "r.json")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"edgetrain {command}: error: mnist: missing file(s) ")
+    for filename, md5 in IDX_SOURCES["mnist"].md5.items():  # each file with its published checksum
+        assert f"{filename} (expected md5 {md5})" in err
+    assert f"Searched: {missing / 'mnist'}, {missing}, {tmp_path / 'cache' / 'edgetrain' / 'mnist'}." in err
+    for hint in ("--data-dir", "EDGETRAIN_DATA", "--download"):
+        assert hint in err
+    assert not out.exists() and not missing.exists() and listing(tmp_path / "cache" / "edgetrain") == []

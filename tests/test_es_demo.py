@@ -10,6 +10,7 @@ import pytest
 import torch
 from mnist_files import (
     TRAIN_IMAGES,
+    check_missing_mnist_refused,
     forbid_network,
     isolate_data_dirs,
     listing,
@@ -20,7 +21,7 @@ from sklearn.datasets import load_digits
 from test_cli import LEDGER_KEYS, RECORD_KEYS
 
 from edgetrain.cli import main
-from edgetrain.data import IDX_SOURCES, load_dataset
+from edgetrain.data import load_dataset
 from edgetrain.experiments.es_demo import check_targets
 
 TINY = ["--arch", "mlp", "--sigmas", "0.4", "--epochs", "3", "--finetune-epochs", "1", "--budget", "6000",
@@ -195,16 +196,4 @@ def test_mnist_records_carry_dataset_input_size_and_accuracies(es_mnist_run):
 
 
 def test_mnist_without_files_fails_naming_them_and_writes_nothing(tmp_path, monkeypatch, capsys):
-    isolate_data_dirs(monkeypatch, tmp_path / "cache")
-    forbid_network(monkeypatch)
-    missing, out = tmp_path / "no-such-dir", tmp_path / "out"
-    argv = ["es-demo", *MNIST_TINY, "--data-dir", str(missing), "--out", str(out), "--json", str(out / "r.json")]
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("edgetrain es-demo: error: mnist: missing file(s) ")
-    for filename, md5 in IDX_SOURCES["mnist"].md5.items():  # each file with its published checksum
-        assert f"{filename} (expected md5 {md5})" in err
-    assert f"Searched: {missing / 'mnist'}, {missing}, {tmp_path / 'cache' / 'edgetrain' / 'mnist'}." in err
-    for hint in ("--data-dir", "EDGETRAIN_DATA", "--download"):
-        assert hint in err
-    assert not out.exists() and not missing.exists() and listing(tmp_path / "cache" / "edgetrain") == []
+    check_missing_mnist_refused("es-demo", MNIST_TINY, tmp_path, monkeypatch, capsys)

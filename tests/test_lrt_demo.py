@@ -8,11 +8,17 @@ import math
 
 import pytest
 import torch
-from mnist_files import forbid_network, isolate_data_dirs, listing, trust, write_digits_as_mnist
+from mnist_files import (
+    check_missing_mnist_refused,
+    forbid_network,
+    isolate_data_dirs,
+    listing,
+    trust,
+    write_digits_as_mnist,
+)
 from test_cli import LEDGER_KEYS, RECORD_KEYS
 
 from edgetrain.cli import main
-from edgetrain.data import IDX_SOURCES
 from edgetrain.experiments.lrt_demo import DISTRIBUTION_SHIFTS, check_targets, moving_average
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -184,16 +190,4 @@ def test_mnist_records_carry_dataset_input_size_and_accuracies(lrt_mnist_run):
 
 
 def test_mnist_without_files_fails_naming_them_and_writes_nothing(tmp_path, monkeypatch, capsys):
-    isolate_data_dirs(monkeypatch, tmp_path / "cache")
-    forbid_network(monkeypatch)
-    missing, out = tmp_path / "no-such-dir", tmp_path / "out"
-    argv = ["lrt-demo", *MNIST_TINY, "--data-dir", str(missing), "--out", str(out), "--json", str(out / "r.json")]
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("edgetrain lrt-demo: error: mnist: missing file(s) ")
-    for filename, md5 in IDX_SOURCES["mnist"].md5.items():  # each file with its published checksum
-        assert f"{filename} (expected md5 {md5})" in err
-    assert f"Searched: {missing / 'mnist'}, {missing}, {tmp_path / 'cache' / 'edgetrain' / 'mnist'}." in err
-    for hint in ("--data-dir", "EDGETRAIN_DATA", "--download"):
-        assert hint in err
-    assert not out.exists() and not missing.exists() and listing(tmp_path / "cache" / "edgetrain") == []
+    check_missing_mnist_refused("lrt-demo", MNIST_TINY, tmp_path, monkeypatch, capsys)
