@@ -11,11 +11,13 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import hashlib
+import json
 import os
 import urllib.request
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from edgetrain.data import IDX_SOURCES
@@ -118,3 +120,25 @@ def check_missing_mnist_refused(command: str, tiny_args: list[str], tmp_path: Pa
     for hint in ("--data-dir", "EDGETRAIN_DATA", "--download"):
         assert hint in err
     assert not out.exists() and not missing.exists() and listing(tmp_path / "cache" / "edgetrain") == []
+
+
+def run_on_digits_as_mnist(command: str, root: Path, args: list[str], n_train: int, n_test: int) -> tuple[Path, list]:
+    """Run ``edgetrain COMMAND ARGS --data-dir ROOT/data --out ROOT/out --json ...`` on MNIST files written
+    from the real digits (:func:`write_digits_as_mnist`), offline, with an empty cache and one torch
+    thread (tiny tensors: faster on 2 cores, and deterministic). Returns the output folder and records."""
+    from edgetrain.cli import main
+
+    files = write_digits_as_mnist(root / "data" / "mnist", n_train=n_train, n_test=n_test)
+    out = root / "out"
+    argv = [command, *args, "--data-dir", str(root / "data"), "--out", str(out), "--json", str(out / "records.json")]
+    n = torch.get_num_threads()
+    with pytest.MonkeyPatch.context() as mp:
+        isolate_data_dirs(mp, root / "cache")
+        forbid_network(mp)
+        trust(mp, files)
+        torch.set_num_threads(1)
+        try:
+            assert main(argv) == 0
+        finally:
+            torch.set_num_threads(n)
+    return out, json.loads((out / "records.json").read_text())

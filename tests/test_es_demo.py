@@ -14,6 +14,7 @@ from mnist_files import (
     forbid_network,
     isolate_data_dirs,
     listing,
+    run_on_digits_as_mnist,
     trust,
     write_digits_as_mnist,
 )
@@ -142,21 +143,9 @@ def test_mnist_files_from_digits_load_as_mnist(tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def es_mnist_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("es-mnist")
-    files = write_digits_as_mnist(root / "data" / "mnist", n_train=MNIST_TRAIN, n_test=MNIST_TEST)
-    out = root / "out"
-    argv = ["es-demo", *MNIST_TINY, "--data-dir", str(root / "data"), "--variants", "es-antithetic,es-spsa",
-            "--out", str(out), "--json", str(out / "records.json")]
-    n = torch.get_num_threads()
-    with pytest.MonkeyPatch.context() as mp:
-        isolate_data_dirs(mp, root / "cache")
-        forbid_network(mp)
-        trust(mp, files)
-        torch.set_num_threads(1)  # tiny tensors: one thread is faster on 2 cores, and deterministic
-        try:
-            assert main(argv) == 0
-        finally:
-            torch.set_num_threads(n)
-    return root, out, json.loads((out / "records.json").read_text())
+    args = [*MNIST_TINY, "--variants", "es-antithetic,es-spsa"]
+    out, recs = run_on_digits_as_mnist("es-demo", root, args, MNIST_TRAIN, MNIST_TEST)
+    return root, out, recs
 
 
 def test_mnist_records_carry_dataset_input_size_and_accuracies(es_mnist_run):

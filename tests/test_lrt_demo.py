@@ -8,14 +8,7 @@ import math
 
 import pytest
 import torch
-from mnist_files import (
-    check_missing_mnist_refused,
-    forbid_network,
-    isolate_data_dirs,
-    listing,
-    trust,
-    write_digits_as_mnist,
-)
+from mnist_files import check_missing_mnist_refused, listing, run_on_digits_as_mnist
 from test_cli import LEDGER_KEYS, RECORD_KEYS
 
 from edgetrain.cli import main
@@ -138,21 +131,8 @@ def in_unit_interval(v) -> bool:
 @pytest.fixture(scope="module")
 def lrt_mnist_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("lrt-mnist")
-    files = write_digits_as_mnist(root / "data" / "mnist", n_train=400, n_test=100)
-    out = root / "out"
-    argv = ["lrt-demo", *MNIST_TINY, "--data-dir", str(root / "data"), "--methods", MNIST_METHODS,
-            "--out", str(out), "--json", str(out / "records.json")]
-    n = torch.get_num_threads()
-    with pytest.MonkeyPatch.context() as mp:
-        isolate_data_dirs(mp, root / "cache")
-        forbid_network(mp)
-        trust(mp, files)
-        torch.set_num_threads(1)
-        try:
-            assert main(argv) == 0
-        finally:
-            torch.set_num_threads(n)
-    return root, out, json.loads((out / "records.json").read_text())
+    out, recs = run_on_digits_as_mnist("lrt-demo", root, [*MNIST_TINY, "--methods", MNIST_METHODS], 400, 100)
+    return root, out, recs
 
 
 def test_mnist_records_carry_dataset_input_size_and_accuracies(lrt_mnist_run):
