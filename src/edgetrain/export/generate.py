@@ -190,6 +190,16 @@ def _layer_rows(model: DeployedModel, descs: list[dict]) -> list[str]:
     return rows
 
 
+def _linear_flash(i: int, layer: Dense | Conv2d | Conv1d, tables: list[str]) -> dict:
+    """Append layer ``i``'s weight and bias tables (flash) to ``tables``; return its descriptor fields:
+    the tables' names, the formats' first scale / zero point and the first requantization constants."""
+    tables.append(_array("uint8_t", f"w{i}", layer.weight.reshape(-1).tolist()))
+    tables.append(_array("int32_t", f"b{i}", layer.bias.reshape(-1).tolist(), 8))
+    m, s = requant_params(layer)
+    return {"w_flash": f"w{i}", "b_flash": f"b{i}", "w_scale0": layer.w_fmt.scale[0], "b_scale0": layer.b_fmt.scale[0],
+            "w_zp0": layer.w_fmt.zero_point[0], "m0": int(m.reshape(-1)[0]), "shift0": int(s.reshape(-1)[0])}
+
+
 def export_fqt(model: DeployedModel, trainer: FQTTrainer, out_dir: str | Path) -> Export:
     """Write the C library for training ``model`` with ``trainer`` on a microcontroller (module doc)."""
     check_exportable(model, trainer)
@@ -230,11 +240,7 @@ def export_fqt(model: DeployedModel, trainer: FQTTrainer, out_dir: str | Path) -
                 d["err_in_off"] = off(_err_name(model, i - 1))
         if linear:
             max_rows = max(max_rows, int(layer.weight.shape[0]))
-            tables.append(_array("uint8_t", f"w{i}", layer.weight.reshape(-1).tolist()))
-            tables.append(_array("int32_t", f"b{i}", layer.bias.reshape(-1).tolist(), 8))
-            m, s = requant_params(layer)
-            d.update(w_flash=f"w{i}", b_flash=f"b{i}", w_scale0=layer.w_fmt.scale[0], b_scale0=layer.b_fmt.scale[0],
-                     w_zp0=layer.w_fmt.zero_point[0], m0=int(m.reshape(-1)[0]), shift0=int(s.reshape(-1)[0]))
+            d.update(_linear_flash(i, layer, tables))
             if train:
                 d.update(b_off=off(f"{i}.bias.ram"), emax_off=off(f"{i}.e_max"))
                 if train == 1:
@@ -461,11 +467,7 @@ def export_es(model: DeployedModel, trainer: ESTrainer, out_dir: str | Path, see
              "b_scale0": 1.0, "w_zp0": 0, "m0": 1, "shift0": 0, "err_m": 1, "err_shift": 0}
         if isinstance(layer, (Dense, Conv2d, Conv1d)):
             max_rows = max(max_rows, int(layer.weight.shape[0]))
-            tables.append(_array("uint8_t", f"w{i}", layer.weight.reshape(-1).tolist()))
-            tables.append(_array("int32_t", f"b{i}", layer.bias.reshape(-1).tolist(), 8))
-            m, s = requant_params(layer)
-            d.update(w_flash=f"w{i}", b_flash=f"b{i}", w_scale0=layer.w_fmt.scale[0], b_scale0=layer.b_fmt.scale[0],
-                     w_zp0=layer.w_fmt.zero_point[0], m0=int(m.reshape(-1)[0]), shift0=int(s.reshape(-1)[0]))
+            d.update(_linear_flash(i, layer, tables))
         elif isinstance(layer, GlobalAvgPool):
             m, s = multipliers(scale_of(layer.in_fmt) / math.prod(shapes[i][1:]), layer.out_fmt)
             d.update(m0=int(m), shift0=int(s))
