@@ -6,13 +6,16 @@ Issue targets checked here:
 * a generation of population ``P`` at batch ``B`` (drawing the perturbations from their seeds,
   the population's batched integer forward, fitness, ranks, update and write count: one
   ``ESTrainer.step``) costs at most 1.5x one batched ``forward_int`` of ``P x B`` samples, timed
-  in the same process one after the other (medians of repeated timings);
+  in the same process in alternation (``report.timing.paired_ratio``: the median of per-round
+  ratios, so a slow spell of a shared machine lands on both), at each thread count of
+  ``--threads``;
 * the same seed gives the same adapted model, bit for bit (two runs compared parameter by
   parameter), for every estimator.
 
 The recovery target (ES vs backprop fine-tuning) is shown by ``edgetrain es-demo``.
 
-Run: ``python benchmarks/bench_es.py [--population 20] [--batch 64] [--repeats 9] [--json PATH]``.
+Run: ``python benchmarks/bench_es.py [--population 20] [--batch 64] [--repeats 9] [--threads 1,2]
+[--json PATH]``.
 The last line printed is one JSON object.
 """
 
@@ -27,7 +30,7 @@ from edgetrain.data import load_dataset
 from edgetrain.experiments.deploy import pretrain_and_deploy
 from edgetrain.model.forward import forward_int, quantize_input
 from edgetrain.report import print_table, versions, write_json
-from edgetrain.report.timing import median_time
+from edgetrain.report.timing import paired_ratio
 from edgetrain.train.es.trainer import ESTrainer
 from edgetrain.train.protocol import Batch
 
@@ -48,11 +51,11 @@ def generation_ratio(model, q: torch.Tensor, y: torch.Tensor, params: str, popul
 
     big = q.repeat(population, *([1] * (q.ndim - 1)))
     with torch.inference_mode():
-        t_forward = median_time(lambda: forward_int(model, big, overflow="wrap"), repeats)
-        t_generation = median_time(generation, repeats)
+        t = paired_ratio(generation, lambda: forward_int(model, big, overflow="wrap"), repeats)
     n_trained = sum(model.param(n)[0].numel() for n in trainer.writes(model))
     return {"params": params, "trained_values": n_trained, "population": population, "batch": batch,
-            "forward_ms": t_forward * 1e3, "generation_ms": t_generation * 1e3, "ratio": t_generation / t_forward}
+            "threads": torch.get_num_threads(), "forward_ms": t["ref_s"] * 1e3,
+            "generation_ms": t["fn_s"] * 1e3, "ratio": t["ratio"]}
 
 
 def reproducible(model, q: torch.Tensor, y: torch.Tensor, estimator: str, source: str) -> bool:
@@ -75,8 +78,10 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=9)
     ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--threads", default="1,2", help="torch thread counts to time at, comma-separated")
     ap.add_argument("--json", dest="json_path")
     args = ap.parse_args()
+    threads = [int(t) for t in args.threads.split(",")]
     torch.manual_seed(0)
     ds = load_dataset("digits", seed=0)
     rows, repro = [], {}
@@ -84,10 +89,15 @@ def main() -> None:
         model = pretrain_and_deploy(ds, arch, epochs=args.epochs, seed=0, show_progress=False).model
         q = quantize_input(model, ds.train.x[: max(args.batch, 320)])
         y = ds.train.y[: q.shape[0]]
-        for case_arch, params in CASES:
-            if case_arch == arch:
-                r = generation_ratio(model, q[: args.batch], y[: args.batch], params, args.population, args.repeats)
-                rows.append({"model": arch, **r})
+        default_threads = torch.get_num_threads()
+        for n_threads in threads:
+            torch.set_num_threads(n_threads)
+            for case_arch, params in CASES:
+                if case_arch == arch:
+                    r = generation_ratio(model, q[: args.batch], y[: args.batch], params, args.population,
+                                         args.repeats)
+                    rows.append({"model": arch, **r})
+        torch.set_num_threads(default_threads)
         for est in ("one-plus-one", "antithetic", "spsa"):
             for source in ("lfsr", "torch"):
                 repro[f"{arch}/{est}/{source}"] = reproducible(model, q, y, est, source)
@@ -102,7 +112,7 @@ def main() -> None:
                                             "met": worst <= TARGET_RATIO},
             "same_seed_same_result": {"target": "bit-identical parameters", "met": all(repro.values())},
         },
-        "threads": torch.get_num_threads(), "versions": versions(),
+        "threads": threads, "versions": versions(),
     }
     if args.json_path:
         write_json(args.json_path, result)
