@@ -53,7 +53,7 @@ from ...cost.writes import WriteCounter, advance, init_writes, record_writes
 from ...model import DeployedModel
 from ...model.population import forward_int_population
 from ...quant import in_range
-from ...quant.rounding import round_real
+from ...quant.rounding import round_float, round_real
 from ..protocol import Batch, StepInfo, check_batch
 from ..select import select_params
 from .fitness import FITNESS, centered_ranks, fitness
@@ -261,7 +261,7 @@ class ESTrainer:
         members = {}
         for name in state.names:
             t, fmt = state.model.param(name)
-            delta = round_real(sigma * z[name], "nearest")
+            delta = round_float(sigma * z[name], "nearest").to(torch.int64)  # finite: sigma and z are
             rows = [t.unsqueeze(0) + s * delta if s else t.unsqueeze(0).expand_as(delta) for s in signs]
             stacked = torch.stack(rows, dim=1).reshape(-1, *t.shape)  # member = row * len(signs) + sign
             members[name] = stacked.clamp(fmt.raw_min, fmt.raw_max)
@@ -319,7 +319,7 @@ class ESTrainer:
                     q = torch.floor(s + ug[offset: offset + s.numel()].reshape(s.shape)).to(torch.int64)
                     offset += s.numel()
                 else:
-                    q = round_real(s, self.rounding)
+                    q = round_float(s, self.rounding).to(torch.int64)  # finite: weighted sum of finite noise
                 new[n] = (state.model.param(n)[0] + q).clamp(fmt.raw_min, fmt.raw_max)
         model, writes, written = _write(state, new)
         state = replace(state, model=model, writes=writes, shadow=shadow)
