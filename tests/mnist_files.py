@@ -21,6 +21,7 @@ import pytest
 import torch
 
 from edgetrain.data import IDX_SOURCES
+from edgetrain.data.digits import digits_in_mnist_frame
 
 TRAIN_IMAGES, TRAIN_LABELS = "train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"
 TEST_IMAGES, TEST_LABELS = "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"
@@ -67,16 +68,15 @@ def forbid_network(monkeypatch) -> None:
 
 def digits_as_mnist_arrays(n: int) -> tuple[np.ndarray, np.ndarray]:
     """The first ``n`` of scikit-learn's digits as MNIST-like ``uint8`` images ``(n, 28, 28)`` in 0..255
-    (8x8 scaled bilinearly to 20x20, zero border of 4 pixels) and their labels ``uint8`` ``(n,)``."""
+    (``data.digits.digits_in_mnist_frame``: 8x8 scaled bilinearly to 20x20, zero border of 4 pixels) and
+    their labels ``uint8`` ``(n,)``."""
     from sklearn.datasets import load_digits
 
     if not 0 < n <= DIGITS_IMAGES:
         raise ValueError(f"need 1..{DIGITS_IMAGES} images, got {n}")
     digits = load_digits()
     x = torch.from_numpy(digits.images[:n]).to(torch.float32).unsqueeze(1) / 16.0  # values 0..16
-    x = torch.nn.functional.interpolate(x, size=(20, 20), mode="bilinear", align_corners=False)
-    x = torch.nn.functional.pad(x, (4, 4, 4, 4))
-    images = (x[:, 0] * 255.0).round().clamp(0, 255).to(torch.uint8).numpy()
+    images = (digits_in_mnist_frame(x)[:, 0] * 255.0).round().clamp(0, 255).to(torch.uint8).numpy()
     return images, digits.target[:n].astype(np.uint8)
 
 

@@ -29,6 +29,7 @@ from edgetrain.data import (
     stream,
     with_online,
 )
+from edgetrain.data.digits import digits_in_mnist_frame, load_digits
 from edgetrain.data.locate import shared_data_dirs
 
 
@@ -77,6 +78,38 @@ def test_digits_seed_controls_split():
     a, b, c = load_dataset("digits", seed=1), load_dataset("digits", seed=1), load_dataset("digits")
     assert torch.equal(a.test.x, b.test.x) and torch.equal(a.train.y, b.train.y)
     assert row_keys(a.test.x) != row_keys(c.test.x)
+
+
+def test_digits28_is_digits_in_mnist_frame_same_split():
+    small, big = load_dataset("digits", seed=2), load_dataset("digits28", seed=2)
+    assert big.name == "digits28" and big.input_shape == (1, 28, 28) and "resampled" in big.meta
+    assert torch.equal(small.train.y, big.train.y) and torch.equal(small.test.y, big.test.y)
+    assert big.train.x.shape == (small.train.x.shape[0], 1, 28, 28)
+    frame = torch.ones(28, 28, dtype=torch.bool)
+    frame[4:24, 4:24] = False
+    assert float(big.train.x[:, :, frame].abs().max()) == 0.0  # MNIST's 4-pixel empty border
+    assert float(big.train.x.min()) >= 0.0 and float(big.train.x.max()) <= 1.0
+    # the ink of each image survives resampling (bilinear weights sum to 1): its mean moves little
+    ratio = big.train.x.mean(dim=(1, 2, 3)) / (small.train.x.mean(dim=(1, 2, 3)) * 400 / 784)
+    assert float((ratio - 1).abs().max()) < 0.15
+
+
+def test_digits_in_mnist_frame_by_hand():
+    x = torch.zeros(1, 1, 8, 8)
+    x[0, 0, 0, 0] = 1.0  # one lit corner pixel; 8 -> 20 is a 2.5x scale, align_corners=False
+    out = digits_in_mnist_frame(x)[0, 0]
+    # output row r samples source row (r + 0.5) / 2.5 - 0.5: rows 0, 1 sample -0.3 (clamped to 0) and 0.1
+    assert out[4, 4] == 1.0
+    assert out[4, 5] == pytest.approx(0.9) and out[5, 4] == pytest.approx(0.9)
+    assert out[5, 5] == pytest.approx(0.81)
+    assert out[6, 4] == pytest.approx(0.5)  # row 2 samples 0.5: halfway between rows 0 and 1
+    assert float(out[:4].abs().sum() + out[:, :4].abs().sum()) == 0.0
+    ones = digits_in_mnist_frame(torch.ones(2, 1, 8, 8))
+    assert torch.allclose(ones[:, :, 4:24, 4:24], torch.ones(2, 1, 20, 20), atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match=r"8x8 digit images shaped \(N, 1, 8, 8\), got \(1, 8, 8\)"):
+        digits_in_mnist_frame(torch.zeros(1, 8, 8))
+    with pytest.raises(ValueError, match="size 8 .* or 28 .* got 16"):
+        load_digits(size=16)
 
 
 def test_stratified_split_partitions_indices():
@@ -445,7 +478,7 @@ def test_ts_found_through_env_and_unknown_name(tmp_path, monkeypatch):
 
 
 def test_datasets_table_names():
-    assert DATASETS[:4] == ("digits", "mnist", "fashion-mnist", "kmnist")
+    assert DATASETS[:5] == ("digits", "digits28", "mnist", "fashion-mnist", "kmnist")
     assert "BasicMotions" in DATASETS and len(set(DATASETS)) == len(DATASETS)
 
 

@@ -1,7 +1,8 @@
 """Datasets as validated tensors plus provenance, and the online stream a deployed model learns from.
 
-- ``load_dataset(name)``: ``digits`` (built in), ``mnist`` / ``fashion-mnist`` / ``kmnist`` (IDX
-  files, md5-checked, downloaded only on request), UEA/UCR ``.ts`` problems by name.
+- ``load_dataset(name)``: ``digits`` (built in; ``digits28`` in MNIST's 28x28 frame), ``mnist`` /
+  ``fashion-mnist`` / ``kmnist`` (IDX files, md5-checked, downloaded only on request), UEA/UCR ``.ts``
+  problems by name.
 - ``with_online(ds)``: hold back a stratified part of the training data for on-device adaptation.
 - ``stream(split)``: one labelled sample at a time, in a seeded or given order.
 """

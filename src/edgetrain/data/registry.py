@@ -1,6 +1,7 @@
 """``load_dataset``: one entry point from a dataset name to a validated ``Dataset``.
 
-Names: ``digits`` (built in, always offline), the IDX sets ``mnist``, ``fashion-mnist`` and
+Names: ``digits`` (built in, always offline), ``digits28`` (the same images in MNIST's 28x28
+frame, also offline), the IDX sets ``mnist``, ``fashion-mnist`` and
 ``kmnist``, and any UEA/UCR problem whose ``<Name>/<Name>_TRAIN.ts`` and ``_TEST.ts`` files can be
 found (optionally written ``ts:<Name>``).
 """
@@ -18,7 +19,7 @@ from .ts import load_ts
 # The UEA/UCR problems shipped in the project's shared/data folder (any other one loads too when
 # its files are found).
 TS_SHIPPED = ("BasicMotions", "GunPoint", "ItalyPowerDemand", "JapaneseVowels")
-DATASETS: tuple[str, ...] = ("digits", *IDX_SOURCES, *TS_SHIPPED)
+DATASETS: tuple[str, ...] = ("digits", "digits28", *IDX_SOURCES, *TS_SHIPPED)
 
 
 def ts_dirs(name: str, data_dir: str | Path | None = None) -> list[Path]:
@@ -48,14 +49,14 @@ def load_dataset(name: str, data_dir: str | Path | None = None, download: bool =
     """Load dataset ``name`` as a validated ``Dataset``.
 
     - ``digits``: scikit-learn's 8x8 digits; ``seed`` and ``test_fraction`` pick the stratified
-      train/test split.
+      train/test split. ``digits28``: the same images and split, resampled into MNIST's 28x28 frame.
     - ``mnist``, ``fashion-mnist``, ``kmnist``: the official split from the four IDX files, found
       in ``data_dir``, ``$EDGETRAIN_DATA`` or the cache, and fetched into the cache only when
       ``download=True``.
     - anything else (or ``ts:<Name>``): a UEA/UCR ``.ts`` problem, official split, channels
       standardised with training statistics; ``ts_pad="edge"`` admits unequal-length series.
 
-    ``seed`` only affects ``digits``; the other sets come with a fixed split.
+    ``seed`` only affects ``digits`` and ``digits28``; the other sets come with a fixed split.
     """
     key = name.strip()
     low = key.lower().replace("_", "-")
@@ -63,6 +64,8 @@ def load_dataset(name: str, data_dir: str | Path | None = None, download: bool =
         return load_ts(*find_ts(key[3:], data_dir), pad=ts_pad, name=key[3:])
     if low == "digits":
         return load_digits(seed=seed, test_fraction=test_fraction)
+    if low == "digits28":
+        return load_digits(seed=seed, test_fraction=test_fraction, size=28)
     idx_names = {k.replace("-", ""): k for k in IDX_SOURCES}  # also "fashion_mnist", "kmnist"
     if low.replace("-", "") in idx_names:
         canonical = idx_names[low.replace("-", "")]
