@@ -2,8 +2,10 @@
 
 Issue target: the integer-exact batched forward of the built-in ``cnn`` runs at least 0.5x the float
 forward's samples/s at batch 256. Both run in this process on the same inputs (the ``digits`` test
-split, tiled to the batch), one after the other, with the same thread count; each figure is the
-median of several timed repeats after a warm-up. The last line printed is one JSON object.
+split, tiled to the batch), with the same thread count, timed in alternation
+(``report.timing.paired_ratio``): the ratio is the median of per-round ratios, so a slow spell of a
+shared machine lands on both sides; the samples/s are medians of the same timings. The last line
+printed is one JSON object.
 
 Run: ``python benchmarks/bench_inference.py [--batch 256] [--repeats 7] [--json PATH]``.
 """
@@ -19,14 +21,11 @@ from edgetrain.data import load_dataset
 from edgetrain.experiments.deploy import pretrain_and_deploy
 from edgetrain.model.forward import forward_int, quantize_input
 from edgetrain.report import print_table, versions, write_json
-from edgetrain.report.timing import median_time
+from edgetrain.report.timing import paired_ratio
 
 TARGET_RATIO = 0.5
-
-
-def samples_per_s(fn, batch: int, repeats: int, min_time: float = 0.2) -> float:
-    """Median samples/s of ``fn()`` over ``repeats`` timings, each looping for at least ``min_time``."""
-    return batch / median_time(fn, repeats, min_time)
+MIN_TIME = 0.2
+"""Seconds each timing loops for."""
 
 
 def bench(arch: str, fmt: str, batch: int, repeats: int, epochs: int) -> dict:
@@ -37,12 +36,13 @@ def bench(arch: str, fmt: str, batch: int, repeats: int, epochs: int) -> dict:
     q = quantize_input(dep.model, x)
     net = dep.net.float().eval()
     with torch.inference_mode():
-        float_rate = samples_per_s(lambda: net(x), batch, repeats)
-        int_rate = samples_per_s(lambda: forward_int(dep.model, q), batch, repeats)
-        quant_rate = samples_per_s(lambda: forward_int(dep.model, quantize_input(dep.model, x)), batch, repeats)
-    return {"arch": arch, "format": fmt, "batch": batch, "float_samples_per_s": float_rate,
-            "int_samples_per_s": int_rate, "int_with_input_quantization_samples_per_s": quant_rate,
-            "ratio": int_rate / float_rate}
+        exact = paired_ratio(lambda: net(x), lambda: forward_int(dep.model, q), repeats, MIN_TIME)
+        quant = paired_ratio(lambda: net(x), lambda: forward_int(dep.model, quantize_input(dep.model, x)), repeats,
+                             MIN_TIME)
+    # the ratio is float time over integer time: integer samples/s as a fraction of float samples/s
+    return {"arch": arch, "format": fmt, "batch": batch, "float_samples_per_s": batch / exact["fn_s"],
+            "int_samples_per_s": batch / exact["ref_s"],
+            "int_with_input_quantization_samples_per_s": batch / quant["ref_s"], "ratio": exact["ratio"]}
 
 
 def main() -> None:
