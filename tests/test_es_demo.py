@@ -105,6 +105,25 @@ def test_check_targets_judges_only_large_drops():
     assert small["panels"][0]["judged"] is False and not small["met"]
 
 
+def test_check_targets_counts_only_variants_within_memory():
+    def rec(method, final, rec_frac, extra):
+        return {"model": "cnn", "shift": "noise:0.3", "method": method,
+                "accuracy": {"clean": 0.95, "shifted": 0.6, "final": final},
+                "recovered_fraction": rec_frac, "ledger": {"extra_memory_bytes": extra},
+                "trained_weight_bytes": 60, "extra_memory": {"sample_buffer": 50}}  # allowance 110 B
+
+    # the most accurate variant needs 111 B; the best one that fits still recovers 85%
+    out = check_targets([rec("es-shadow", 0.79, 0.95, 111), rec("es-a", 0.77, 0.85, 110), rec("es-b", 0.78, 0.9, 200)])
+    panel = out["panels"][0]
+    assert panel["best"] == "es-a" and panel["best_overall"] == "es-shadow"
+    assert panel["recovered"] == 0.85 and panel["memory_ok"] and out["met"]
+    short = check_targets([rec("es-shadow", 0.79, 0.95, 111), rec("es-a", 0.7, 0.5, 100)])
+    assert short["panels"][0]["best"] == "es-a" and not short["met"]
+    none_fit = check_targets([rec("es-shadow", 0.79, 0.95, 111), rec("es-b", 0.78, 0.9, 200)])
+    assert none_fit["panels"][0]["best"] == "es-shadow" and not none_fit["panels"][0]["memory_ok"]
+    assert not none_fit["met"]
+
+
 # ------------------------------------------------------------------------------------------ MNIST
 # MNIST-format IDX files made from real digits (tests/mnist_files.py), checksums trusted, no network.
 

@@ -229,22 +229,34 @@ def run_es_demo(cfg: ESDemoConfig) -> list[dict]:
 def check_targets(records: list[dict], min_drop: float = 0.15, min_recovered: float = 0.8) -> dict:
     """Per (model, shift) panel: the noise's cost, the best ES variant, its recovered fraction of
     backprop's points, and whether its extra memory stays within the trained weights plus the
-    sample buffer. Panels where the noise costs less than ``min_drop`` are listed but not judged."""
+    sample buffer. Panels where the noise costs less than ``min_drop`` are listed but not judged.
+
+    The target asks for a variant that recovers enough *within* that memory, so ``best`` is the
+    most accurate variant that fits (the most accurate of all when none fits, then judged not met).
+    ``best_overall`` names the most accurate variant of all when it is another one: the float shadow
+    copy, kept for comparison, can win on accuracy but never fits, and must not hide a variant that
+    does."""
+    def fits(r: dict) -> bool:
+        return r["ledger"]["extra_memory_bytes"] <= r["trained_weight_bytes"] + r["extra_memory"]["sample_buffer"]
+
+    def final(r: dict) -> float:
+        return r["accuracy"]["final"]
+
     panels = []
     for arch, shift in sorted({(r["model"], r["shift"]) for r in records}):
         group = [r for r in records if r["model"] == arch and r["shift"] == shift]
         es = [r for r in group if r["method"].startswith("es-")]
         if not es:
             continue
-        best = max(es, key=lambda r: r["accuracy"]["final"])
+        overall = max(es, key=final)
+        best = max([r for r in es if fits(r)] or es, key=final)
         drop = best["accuracy"]["clean"] - best["accuracy"]["shifted"]
         rec = best["recovered_fraction"]
-        mem_ok = best["ledger"]["extra_memory_bytes"] <= (best["trained_weight_bytes"]
-                                                          + best["extra_memory"]["sample_buffer"])
+        mem_ok = fits(best)
         judged = drop >= min_drop
         panels.append({"model": arch, "shift": shift, "drop": round(drop, 4), "best": best["method"],
                        "recovered": None if rec is None else round(rec, 3), "memory_ok": mem_ok,
-                       "judged": judged,
+                       "best_overall": overall["method"], "judged": judged,
                        "met": (rec is not None and rec >= min_recovered and mem_ok) if judged else None})
     judged = [p for p in panels if p["judged"]]
     return {"panels": panels, "min_drop": min_drop, "min_recovered": min_recovered,
