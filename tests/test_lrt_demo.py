@@ -99,6 +99,12 @@ def test_check_targets_ratio_and_accuracy():
     assert [s["lrt"] for s in t["scenarios"]] == ["lrt-biased-maxnorm", "lrt-biased-maxnorm"]
     assert t["scenarios"][0]["write_ratio"] == 100.0 and t["scenarios"][0]["met"]
     assert not t["scenarios"][1]["met"] and not t["met"]  # 1000 / 11 < 100
+    # the most accurate LRT method misses the write ratio, the other one meets both halves: met, and shown
+    recs[-1:] = [rec("digital-drift", "lrt-biased-maxnorm", 0.95, 11), rec("digital-drift", "lrt-unbiased-maxnorm",
+                                                                            0.92, 10)]
+    t = check_targets(recs)
+    assert t["scenarios"][1]["lrt"] == "lrt-unbiased-maxnorm" and t["scenarios"][1]["met"] and t["met"]
+    assert t["scenarios"][1]["write_ratio"] == 100.0 and t["scenarios"][1]["lrt_online"] == 0.92
 
 
 @pytest.mark.parametrize(("argv", "message"), [

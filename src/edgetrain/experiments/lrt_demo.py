@@ -275,8 +275,10 @@ def _row(rec: dict) -> dict:
 
 
 def check_targets(records: list[dict], min_ratio: float = 100.0) -> dict:
-    """On each drift scenario: the best LRT max-norm method's online accuracy against SGD's, and the
-    ratio of SGD's max writes per cell to that method's."""
+    """On each drift scenario: an LRT max-norm method's online accuracy against SGD's, and the ratio
+    of SGD's max writes per cell to that method's. The method shown is the most accurate one that
+    meets both halves of the target, else the most accurate one (so a scenario is met when any LRT
+    max-norm method meets it)."""
     out = []
     for scenario in ("analog-drift", "digital-drift"):
         group = {r["method"]: r for r in records if r["shift"] == scenario}
@@ -284,14 +286,19 @@ def check_targets(records: list[dict], min_ratio: float = 100.0) -> dict:
         sgd = group.get("sgd")
         if not lrt or sgd is None:
             continue
-        best = max(lrt, key=lambda r: r["online_accuracy"])
-        ratio = (sgd["max_writes_per_cell"] / best["max_writes_per_cell"]) if best["max_writes_per_cell"] else math.inf
-        acc_ok = best["online_accuracy"] >= sgd["online_accuracy"]
+
+        def ratio(r: dict, sgd: dict = sgd) -> float:
+            return sgd["max_writes_per_cell"] / r["max_writes_per_cell"] if r["max_writes_per_cell"] else math.inf
+
+        def meets(r: dict, sgd: dict = sgd) -> bool:
+            return r["online_accuracy"] >= sgd["online_accuracy"] and ratio(r) >= min_ratio
+
+        best = max([r for r in lrt if meets(r)] or lrt, key=lambda r: r["online_accuracy"])
         out.append({"scenario": scenario, "lrt": best["method"], "lrt_online": round(best["online_accuracy"], 4),
                     "sgd_online": round(sgd["online_accuracy"], 4), "lrt_max_writes": best["max_writes_per_cell"],
                     "sgd_max_writes": sgd["max_writes_per_cell"],
-                    "write_ratio": None if math.isinf(ratio) else round(ratio, 1),
-                    "met": bool(acc_ok and ratio >= min_ratio)})
+                    "write_ratio": None if math.isinf(ratio(best)) else round(ratio(best), 1),
+                    "met": meets(best)})
     return {"scenarios": out, "min_ratio": min_ratio, "met": bool(out) and all(s["met"] for s in out)}
 
 
