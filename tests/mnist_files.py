@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from threads import one_thread
 
 from edgetrain.data import IDX_SOURCES
 from edgetrain.data.digits import digits_in_mnist_frame
@@ -131,14 +132,9 @@ def run_on_digits_as_mnist(command: str, root: Path, args: list[str], n_train: i
     files = write_digits_as_mnist(root / "data" / "mnist", n_train=n_train, n_test=n_test)
     out = root / "out"
     argv = [command, *args, "--data-dir", str(root / "data"), "--out", str(out), "--json", str(out / "records.json")]
-    n = torch.get_num_threads()
-    with pytest.MonkeyPatch.context() as mp:
+    with pytest.MonkeyPatch.context() as mp, one_thread():
         isolate_data_dirs(mp, root / "cache")
         forbid_network(mp)
         trust(mp, files)
-        torch.set_num_threads(1)
-        try:
-            assert main(argv) == 0
-        finally:
-            torch.set_num_threads(n)
+        assert main(argv) == 0
     return out, json.loads((out / "records.json").read_text())

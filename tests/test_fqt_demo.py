@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 from test_cli import LEDGER_KEYS, RECORD_KEYS
+from threads import one_thread
 
 from edgetrain.cli import main
 from edgetrain.cost.training_memory import training_memory
@@ -23,12 +24,8 @@ def fqt_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("fqt")
     argv = ["fqt-demo", "--quick", "--tasks", "digits-transfer", "--rates", "1,0.1", "--devices",
             "cortex-m0+,cortex-m4", "--no-progress", "--out", str(out), "--json", str(out / "records.json")]
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_thread():
         assert main(argv) == 0
-    finally:
-        torch.set_num_threads(n)
     return out, json.loads((out / "records.json").read_text())
 
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 from mnist_files import check_missing_mnist_refused, listing, run_on_digits_as_mnist
 from test_cli import LEDGER_KEYS, RECORD_KEYS
+from threads import one_thread
 
 from edgetrain.cli import main
 from edgetrain.experiments.lrt_demo import DISTRIBUTION_SHIFTS, check_targets, moving_average
@@ -24,12 +25,8 @@ METHODS = "inference-only,bias-only,sgd,sgd-accumulate,lrt-biased-maxnorm,lrt-un
 def lrt_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("lrt")
     argv = ["lrt-demo", *TINY, "--methods", METHODS, "--out", str(out), "--json", str(out / "records.json")]
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # as in the tests that rerun it (float pretraining depends on the thread count)
-    try:
+    with one_thread():  # as in the tests that rerun it (float pretraining depends on the thread count)
         assert main(argv) == 0
-    finally:
-        torch.set_num_threads(n)
     return out, json.loads((out / "records.json").read_text())
 
 
