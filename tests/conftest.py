@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import pytest
-import torch
+
+from edgetrain.threads import torch_threads
 
 
 @pytest.fixture
 def one_torch_thread():
     """The tensors in these tests are tiny: one intra-op thread beats several contending for 2 cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+    with torch_threads(1):
+        yield
 
 
 DIGITS_CNN_SAMPLES = 800
@@ -26,12 +25,8 @@ def digits_cnn_uint8():
     from edgetrain.experiments.deploy import pretrain_and_deploy
     from edgetrain.model.forward import quantize_input
 
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # module fixtures start before the per-test one-thread fixture
-    try:
+    with torch_threads(1):  # module fixtures start before the per-test one-thread fixture
         ds = load_dataset("digits", seed=0)
         dep = pretrain_and_deploy(ds, "cnn", "uint8", epochs=2, seed=0, show_progress=False)
         m = DIGITS_CNN_SAMPLES
         return dep.model, quantize_input(dep.model, ds.train.x[:m]), ds.train.y[:m]
-    finally:
-        torch.set_num_threads(n)

@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from threads import one_thread
 
 from edgetrain.data import IDX_SOURCES
 from edgetrain.data.digits import digits_in_mnist_frame
+from edgetrain.threads import torch_threads
 
 TRAIN_IMAGES, TRAIN_LABELS = "train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"
 TEST_IMAGES, TEST_LABELS = "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"
@@ -132,7 +132,7 @@ def run_on_digits_as_mnist(command: str, root: Path, args: list[str], n_train: i
     files = write_digits_as_mnist(root / "data" / "mnist", n_train=n_train, n_test=n_test)
     out = root / "out"
     argv = [command, *args, "--data-dir", str(root / "data"), "--out", str(out), "--json", str(out / "records.json")]
-    with pytest.MonkeyPatch.context() as mp, one_thread():
+    with pytest.MonkeyPatch.context() as mp, torch_threads(1):
         isolate_data_dirs(mp, root / "cache")
         forbid_network(mp)
         trust(mp, files)

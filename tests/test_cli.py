@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from edgetrain.cli import main
+from edgetrain.threads import DEFAULT_THREADS, torch_threads
 
 RECORD_KEYS = {"method", "dataset", "model", "format", "shift", "device", "seed", "accuracy", "ledger", "versions"}
 LEDGER_KEYS = {"forward_passes", "macs", "extra_memory_bytes", "train_ram_bytes", "flash_bytes", "weight_writes",
@@ -108,3 +110,29 @@ def test_negative_epochs_refused(capsys):
     with pytest.raises(SystemExit) as e:
         main(["demo", "--epochs", "-1"])
     assert e.value.code == 2 and "at least 1" in capsys.readouterr().err
+
+
+def test_thread_count_is_fixed_so_a_seed_gives_one_model_whatever_the_machine(tmp_path, capsys):
+    """Float pre-training depends on the torch thread count (not on the cores), so the command line fixes it
+    (``--threads``, default ``DEFAULT_THREADS``) instead of inheriting the process's count."""
+    def pretrain(name: str, process_threads: int, *extra: str) -> bytes:
+        with torch_threads(process_threads):
+            assert main(["pretrain", "--epochs", "3", "--out", str(tmp_path / name), "--no-progress", *extra]) == 0
+            assert torch.get_num_threads() == process_threads  # restored afterwards
+        return (tmp_path / name).read_bytes()
+
+    default = pretrain("a.etm", 1)
+    assert pretrain("b.etm", 3) == default  # a 3-core default does not change the model
+    assert pretrain("c.etm", 1, "--threads", "1") != default  # the count matters: this is what is fixed
+    assert DEFAULT_THREADS == 2  # the count the README's figures were measured at
+
+
+def test_torch_threads_restores_and_refuses_bad_counts():
+    before = torch.get_num_threads()
+    with pytest.raises(RuntimeError), torch_threads(3):
+        assert torch.get_num_threads() == 3
+        raise RuntimeError("boom")
+    assert torch.get_num_threads() == before
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="thread count"), torch_threads(bad):
+            pass

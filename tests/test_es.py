@@ -28,6 +28,7 @@ from edgetrain.model.convert import convert
 from edgetrain.model.forward import forward_int, quantize_input
 from edgetrain.quant import dequantize, in_range, round_real
 from edgetrain.shift import parse_shift
+from edgetrain.threads import torch_threads
 from edgetrain.train.es import trainer as trainer_module
 from edgetrain.train.es.fitness import centered_ranks, fitness
 from edgetrain.train.es.hardware import es_hardware, leap_xor_luts
@@ -62,13 +63,9 @@ def cnn() -> DeployedModel:
 @pytest.fixture(scope="module")
 def digits():
     """Digits and an mlp pre-trained for 5 epochs and deployed in fixed16_6 (about 2 s)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # module fixtures start before the per-test one; two threads thrash a busy machine
-    try:
+    with torch_threads(1):  # module fixtures start before the per-test one; two threads thrash a busy machine
         ds = load_dataset("digits")
         return ds, pretrain_and_deploy(ds, "mlp", epochs=5, show_progress=False).model
-    finally:
-        torch.set_num_threads(n)
 
 
 # -- helpers -------------------------------------------------------------------------------------

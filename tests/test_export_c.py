@@ -25,6 +25,7 @@ from edgetrain.export.check import compare, encode_input, reference_output, run_
 from edgetrain.export.generate import NotExportable, check_exportable, export_fqt, parse_state
 from edgetrain.model.convert import convert
 from edgetrain.model.forward import forward_int, quantize_input
+from edgetrain.threads import torch_threads
 from edgetrain.train.fqt import backward as fqt_backward
 from edgetrain.train.fqt.backward import PartialPolicy, backward_uint8
 from edgetrain.train.fqt.kernels import error_format
@@ -136,9 +137,7 @@ def _build_small_nets() -> dict[str, tuple[nn.Sequential, tuple[int, ...], int]]
 @pytest.fixture(scope="module")
 def small_models():
     """name -> (uint8 model, 32 raw inputs, labels), from randomly initialized torch nets."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # module fixtures start before the per-test one-thread fixture
-    try:
+    with torch_threads(1):  # module fixtures start before the per-test one-thread fixture
         out = {}
         for k, (name, (net, shape, classes)) in enumerate(_small_nets().items()):
             g = torch.Generator().manual_seed(k)
@@ -146,8 +145,6 @@ def small_models():
             q = quantize_input(model, torch.randn(32, *shape, generator=g))
             out[name] = (model, q, torch.randint(0, classes, (32,), generator=g))
         return out
-    finally:
-        torch.set_num_threads(n)
 
 
 # (params, batch, rate) for each small model: every layer trained at batch 1 and 4 with the full update
@@ -209,14 +206,10 @@ def digits_model(digits_cnn_uint8):
 @pytest.fixture(scope="module")
 def digits(digits_model, tmp_path_factory) -> Case:
     """The digits CNN trained on its last two layers, 10% dynamic updates, batch 8: export and reference."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         model, q, y = digits_model
         return Case(model, _trainer("last:2", DIGITS_BATCH, "dyn10", lr=0.05), q, y,
                     tmp_path_factory.mktemp("digits"), steps=DIGITS_STEPS)
-    finally:
-        torch.set_num_threads(n)
 
 
 @needs_gcc
@@ -241,30 +234,22 @@ def test_host_digits_cnn_sanitized_bit_exact(digits, tmp_path):
 
 @pytest.fixture(scope="module")
 def motions_model():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         try:
             ds = load_dataset("ts:BasicMotions")
         except FileNotFoundError as e:
             pytest.skip(f"the BasicMotions .ts files (shared/data/BasicMotions) are not available: {e}")
         dep = pretrain_and_deploy(ds, "cnn", "uint8", epochs=3, seed=0, show_progress=False)
         return dep.model, quantize_input(dep.model, ds.train.x), ds.train.y
-    finally:
-        torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
 def motions(motions_model, tmp_path_factory) -> dict[int, Case]:
     """batch -> Case: batch 1 trains every layer (dynamic, up to 50%), batch 8 the last two (10%)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         model, q, y = motions_model
         return {1: Case(model, _trainer("all", 1, "dyn50", lr=0.05), q, y, tmp_path_factory.mktemp("ts1"), 50),
                 8: Case(model, _trainer("last:2", 8, "dyn10", lr=0.05), q, y, tmp_path_factory.mktemp("ts8"), 50)}
-    finally:
-        torch.set_num_threads(n)
 
 
 @needs_gcc

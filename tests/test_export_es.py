@@ -32,6 +32,7 @@ from edgetrain.export.generate import NotExportable, check_es_exportable, export
 from edgetrain.model.convert import convert
 from edgetrain.model.forward import quantize_input
 from edgetrain.model.io import save_model
+from edgetrain.threads import torch_threads
 from edgetrain.train.es.perturb import derive_seed, draw, lfsr_step, lfsr_words, seed_state
 from edgetrain.train.es.trainer import ESTrainer
 
@@ -99,9 +100,7 @@ class Case:
 @pytest.fixture(scope="module")
 def dense():
     """A uint8 two-layer MLP from a random torch net, 64 raw inputs and random labels (5 classes)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         with torch.random.fork_rng():
             torch.manual_seed(0)
             net = nn.Sequential(nn.Flatten(), nn.Linear(24, 32), nn.ReLU(), nn.Linear(32, 5))
@@ -109,8 +108,6 @@ def dense():
         model, _ = convert(net, torch.randn(128, 2, 3, 4, generator=g), "uint8")
         q = quantize_input(model, torch.randn(64, 2, 3, 4, generator=g))
         return model, q, torch.randint(0, 5, (64,), generator=g)
-    finally:
-        torch.set_num_threads(n)
 
 
 # name -> (trainer, samples per driver call): every estimator, distribution and rounding the C implements;
@@ -190,13 +187,9 @@ def digits(digits_model, tmp_path_factory):
 
     def get(name: str) -> Case:
         if name not in cases:
-            n = torch.get_num_threads()
-            torch.set_num_threads(1)
-            try:
+            with torch_threads(1):
                 model, q, y = digits_model
                 cases[name] = Case(model, DIGITS_CASES[name], q, y, tmp_path_factory.mktemp(f"digits-{name}"))
-            finally:
-                torch.set_num_threads(n)
         return cases[name]
 
     return get

@@ -26,6 +26,7 @@ from edgetrain.model.forward import forward_int, quantize_input
 from edgetrain.model.layers import Conv1d, Conv2d, Dense
 from edgetrain.model.scheme import parse_scheme
 from edgetrain.quant import affine_from_range
+from edgetrain.threads import torch_threads
 from edgetrain.train.fqt.backward import PartialPolicy, backward_uint8
 from edgetrain.train.fqt.blockfloat import MANT_MAX, MANT_MIN, bfp_accumulate, bfp_sum, bfp_value, round_shift
 from edgetrain.train.fqt.kernels import (
@@ -195,12 +196,8 @@ def _model(shape=(1, 8, 8), classes: int = 10, n: int = 32):
 @pytest.fixture(scope="module")
 def cnn():
     """A uint8 cnn on 8x8 inputs (conv 0, conv 3, dense 7) with 32 raw samples and labels."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         return _model()
-    finally:
-        torch.set_num_threads(n)
 
 
 def _linear(model) -> set[int]:

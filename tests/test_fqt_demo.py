@@ -7,11 +7,11 @@ import json
 import pytest
 import torch
 from test_cli import LEDGER_KEYS, RECORD_KEYS
-from threads import one_thread
 
 from edgetrain.cli import main
 from edgetrain.cost.training_memory import training_memory
 from edgetrain.experiments.fqt_demo import FQTDemoConfig, check_targets, make_task, make_trainers
+from edgetrain.threads import torch_threads
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -24,7 +24,7 @@ def fqt_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("fqt")
     argv = ["fqt-demo", "--quick", "--tasks", "digits-transfer", "--rates", "1,0.1", "--devices",
             "cortex-m0+,cortex-m4", "--no-progress", "--out", str(out), "--json", str(out / "records.json")]
-    with one_thread():
+    with torch_threads(1):
         assert main(argv) == 0
     return out, json.loads((out / "records.json").read_text())
 

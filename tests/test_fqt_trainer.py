@@ -23,6 +23,7 @@ from edgetrain.model.layers import Conv2d, Dense, ReLU
 from edgetrain.model.pretrain import train_float
 from edgetrain.model.scheme import parse_scheme
 from edgetrain.quant import Affine, affine_from_range, dequantize, quantize
+from edgetrain.threads import torch_threads
 from edgetrain.train.fqt.backward import PartialPolicy, backward_uint8
 from edgetrain.train.fqt.kernels import error_format
 from edgetrain.train.fqt.optimizer import Optimizer
@@ -55,21 +56,15 @@ def _cnn(scheme: str = "uint8", n: int = 32):
 @pytest.fixture(scope="module")
 def cnn() -> tuple[DeployedModel, torch.Tensor, torch.Tensor]:
     """A uint8 cnn (random weights, random calibration) with 32 raw samples and labels."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # module fixtures start before the per-test one-thread fixture
-    try:
+    with torch_threads(1):  # module fixtures start before the per-test one-thread fixture
         return _cnn()
-    finally:
-        torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
 def digits():
     """scikit-learn digits; a uint8 cnn pre-trained briefly in float on classes 0-4 only, and the raw
     splits: (model, train x/y of classes 5-9, test x/y of classes 5-9, test x/y of classes 0-4)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         ds = load_dataset("digits", seed=0)
         old = ds.train.y < 5
         net = build_float_net("cnn", (1, 8, 8), 10, seed=0)
@@ -79,8 +74,6 @@ def digits():
         return (model, quantize_input(model, ds.train.x[~old]), ds.train.y[~old],
                 quantize_input(model, ds.test.x[new_te]), ds.test.y[new_te],
                 quantize_input(model, ds.test.x[~new_te]), ds.test.y[~new_te])
-    finally:
-        torch.set_num_threads(n)
 
 
 def _fixed_e_fmts(model: DeployedModel, r: float = 1.0) -> dict:

@@ -21,6 +21,7 @@ from edgetrain.model.forward import forward_int, quantize_input
 from edgetrain.model.layers import Flatten
 from edgetrain.model.pretrain import train_float
 from edgetrain.quant import scale_of
+from edgetrain.threads import torch_threads
 from edgetrain.train.gradients import backward_trace
 from edgetrain.train.lowrank.kronecker import ksum_bytes, ksum_matrix
 from edgetrain.train.lowrank.trainer import NVMTrainer
@@ -43,13 +44,9 @@ def _deploy(arch: str, ds) -> DeployedModel:
 
 @pytest.fixture(scope="module")
 def digits():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # module fixtures start before the per-test one-thread fixture
-    try:
+    with torch_threads(1):  # module fixtures start before the per-test one-thread fixture
         ds = load_dataset("digits", seed=0)
         return ds, _deploy("cnn", ds), _deploy("mlp", ds)
-    finally:
-        torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

@@ -10,10 +10,10 @@ import pytest
 import torch
 from mnist_files import check_missing_mnist_refused, listing, run_on_digits_as_mnist
 from test_cli import LEDGER_KEYS, RECORD_KEYS
-from threads import one_thread
 
 from edgetrain.cli import main
 from edgetrain.experiments.lrt_demo import DISTRIBUTION_SHIFTS, check_targets, moving_average
+from edgetrain.threads import torch_threads
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -25,7 +25,7 @@ METHODS = "inference-only,bias-only,sgd,sgd-accumulate,lrt-biased-maxnorm,lrt-un
 def lrt_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("lrt")
     argv = ["lrt-demo", *TINY, "--methods", METHODS, "--out", str(out), "--json", str(out / "records.json")]
-    with one_thread():  # as in the tests that rerun it (float pretraining depends on the thread count)
+    with torch_threads(1):  # as in the tests that rerun it (float pretraining depends on the thread count)
         assert main(argv) == 0
     return out, json.loads((out / "records.json").read_text())
 

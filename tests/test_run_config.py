@@ -23,6 +23,7 @@ from edgetrain.experiments.methods import make_trainer, ram_need
 from edgetrain.experiments.runner import RESULTS, RunDirError, prepare_dir, read_results, run_config
 from edgetrain.experiments.trials import expand
 from edgetrain.experiments.world import build_world
+from edgetrain.threads import torch_threads
 
 RECORD_KEYS = {"method", "dataset", "model", "format", "shift", "device", "seed", "accuracy", "ledger", "versions"}
 ACCURACY_KEYS = {"clean", "shifted", "final", "reference"}
@@ -107,12 +108,8 @@ def ref_run(tmp_path_factory):
     summary). Tests copy the directory before changing anything in it."""
     d = tmp_path_factory.mktemp("ref")
     path = write(d, config_text())
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # as the one_torch_thread fixture (function-scoped) does
-    try:
+    with torch_threads(1):  # as the one_torch_thread fixture (function-scoped) does
         summary = run_config(load_config(path), d / "run", show_progress=False)
-    finally:
-        torch.set_num_threads(n)
     return path, d / "run", summary
 
 

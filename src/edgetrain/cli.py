@@ -7,6 +7,7 @@ import math
 import sys
 
 from . import __version__
+from .threads import DEFAULT_THREADS, torch_threads
 
 
 def _common(p: argparse.ArgumentParser, device: bool = True) -> None:
@@ -200,13 +201,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     v = sub.add_parser("devices", help="list device profiles with their numbers")
     _common(v, device=False)
+    for command in sub.choices.values():
+        command.add_argument("--threads", type=_positive, default=DEFAULT_THREADS,
+                             help=f"torch threads (default {DEFAULT_THREADS} on every machine: float training "
+                                  "depends on the thread count, so a fixed one gives a seed the same result "
+                                  "everywhere; 'run' trials use one each)")
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return _dispatch(args)
+        with torch_threads(args.threads):
+            return _dispatch(args)
     except (ValueError, TypeError, OSError, KeyError, ArithmeticError, RuntimeError) as e:
         print(f"edgetrain {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -32,6 +32,7 @@ from pathlib import Path
 from ..files import atomic_write
 from ..report import make_record, print_table, progress, versions, write_csv, write_json
 from ..report.record import _clean
+from ..threads import TRIAL_THREADS, torch_threads
 from .config import RunConfig
 from .methods import run_trial
 from .trials import Trial, expand
@@ -116,19 +117,14 @@ def execute(trial: Trial, cache_dir: str, data_dir: str | None, download: bool,
     on, and a rerun retries it)."""
     t0 = time.perf_counter()
     try:
-        rec = run_trial(trial.spec, cache_dir=cache_dir, data_dir=data_dir, download=download,
-                        on_progress=on_progress)
+        with torch_threads(TRIAL_THREADS):  # the same result in-process, in a worker or on Ray (``threads``)
+            rec = run_trial(trial.spec, cache_dir=cache_dir, data_dir=data_dir, download=download,
+                            on_progress=on_progress)
     except Exception as e:  # noqa: BLE001 - recorded, reported, retried on rerun
         tail = traceback.format_exc().strip().splitlines()[-3:]
         rec = _error_record(trial, f"{type(e).__name__}: {e} [{' | '.join(tail)}]", time.perf_counter() - t0)
     rec["trial"], rec["name"] = trial.id, trial.name
     return rec
-
-
-def _worker_init() -> None:
-    import torch
-
-    torch.set_num_threads(1)  # workers share the cores; one thread each
 
 
 def prepare_dir(cfg: RunConfig, out: Path, force: bool) -> None:
@@ -276,7 +272,7 @@ def _run_pool(todo: list[Trial], cache: str, data_dir, download: bool, workers: 
     import multiprocessing
 
     ctx = multiprocessing.get_context("spawn")  # no fork: torch's thread pools do not survive it
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init) as pool:
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
         pending = {pool.submit(execute, t, cache, data_dir, download): t for t in todo}
         try:
             while pending:
@@ -309,7 +305,7 @@ def _run_ray(todo: list[Trial], cache: str, data_dir, download: bool, address: s
     if not ray.is_initialized():
         ray.init(address=address or None, include_dashboard=False, log_to_driver=False,
                  runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
-    remote = ray.remote(num_cpus=1)(_ray_execute)
+    remote = ray.remote(num_cpus=1)(execute)
     refs = {remote.remote(t, cache, data_dir, download): t for t in todo}
     try:
         while refs:
@@ -329,9 +325,6 @@ def _run_ray(todo: list[Trial], cache: str, data_dir, download: bool, address: s
         raise
 
 
-def _ray_execute(trial: Trial, cache: str, data_dir, download: bool) -> dict:
-    _worker_init()
-    return execute(trial, cache, data_dir, download)
 
 
 def _print_summary(records: list[dict]) -> None:

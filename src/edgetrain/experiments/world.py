@@ -35,6 +35,7 @@ from ..model.io import load_model, model_to_bytes, save_model
 from ..model.pretrain import float_accuracy, train_float
 from ..quant.requant import dequantize
 from ..shift import parse_shift
+from ..threads import TRIAL_THREADS, torch_threads
 from ..train.es.perturb import derive_seed
 from ..train.protocol import Batch
 from .deploy import CALIBRATION_SAMPLES
@@ -86,12 +87,8 @@ def deployed_model(spec: dict, ds: Dataset, cache_dir: Path | None) -> DeployedM
             return load_model(path)
         except ValueError as e:  # altered or truncated: rebuilt below (the run never trusts a bad file)
             warnings.warn(f"{path}: {e}; rebuilding it", stacklevel=2)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # float training's reductions depend on the thread count: fix it so the
-    try:  # model is the same whether trials run in one process, in workers or on Ray
+    with torch_threads(TRIAL_THREADS):  # the same model whether trials run in one process, in workers or on Ray
         return _pretrain_and_convert(spec, ds, path)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _pretrain_and_convert(spec: dict, ds: Dataset, path: Path | None) -> DeployedModel:

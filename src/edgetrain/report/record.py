@@ -35,13 +35,14 @@ def git_commit() -> str | None:
 
 
 def versions() -> dict[str, str | None]:
-    """Versions of what produced a result: edgetrain, the git commit, torch, numpy and Python."""
+    """Versions of what produced a result: edgetrain, the git commit, torch, numpy and Python, and the
+    torch thread count (float training depends on it: ``edgetrain.threads``)."""
     import platform
 
     import numpy
 
     return {"edgetrain": __version__, "torch": torch.__version__, "git": git_commit(), "numpy": numpy.__version__,
-            "python": platform.python_version()}
+            "python": platform.python_version(), "torch_threads": torch.get_num_threads()}
 
 
 def make_record(
