@@ -31,6 +31,7 @@ from edgetrain.experiments.deploy import pretrain_and_deploy
 from edgetrain.model.forward import forward_int, quantize_input
 from edgetrain.report import print_table, versions, write_json
 from edgetrain.report.timing import paired_ratio
+from edgetrain.threads import DEFAULT_THREADS, torch_threads
 from edgetrain.train.es.trainer import ESTrainer
 from edgetrain.train.protocol import Batch
 
@@ -86,7 +87,8 @@ def main() -> None:
     ds = load_dataset("digits", seed=0)
     rows, repro = [], {}
     for arch in ("mlp", "cnn"):
-        model = pretrain_and_deploy(ds, arch, epochs=args.epochs, seed=0, show_progress=False).model
+        with torch_threads(DEFAULT_THREADS):  # the same model on every machine (edgetrain.threads)
+            model = pretrain_and_deploy(ds, arch, epochs=args.epochs, seed=0, show_progress=False).model
         q = quantize_input(model, ds.train.x[: max(args.batch, 320)])
         y = ds.train.y[: q.shape[0]]
         default_threads = torch.get_num_threads()

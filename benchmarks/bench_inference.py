@@ -22,6 +22,7 @@ from edgetrain.experiments.deploy import pretrain_and_deploy
 from edgetrain.model.forward import forward_int, quantize_input
 from edgetrain.report import print_table, versions, write_json
 from edgetrain.report.timing import paired_ratio
+from edgetrain.threads import DEFAULT_THREADS, torch_threads
 
 TARGET_RATIO = 0.5
 MIN_TIME = 0.2
@@ -30,7 +31,8 @@ MIN_TIME = 0.2
 
 def bench(arch: str, fmt: str, batch: int, repeats: int, epochs: int) -> dict:
     ds = load_dataset("digits", seed=0)
-    dep = pretrain_and_deploy(ds, arch, fmt, epochs=epochs, seed=0, show_progress=False)
+    with torch_threads(DEFAULT_THREADS):  # the same model on every machine (edgetrain.threads)
+        dep = pretrain_and_deploy(ds, arch, fmt, epochs=epochs, seed=0, show_progress=False)
     reps = -(-batch // ds.test.x.shape[0])
     x = ds.test.x.repeat(reps, *([1] * (ds.test.x.ndim - 1)))[:batch].contiguous()
     q = quantize_input(dep.model, x)

@@ -32,6 +32,7 @@ from edgetrain.experiments.deploy import pretrain_and_deploy
 from edgetrain.model.forward import quantize_input
 from edgetrain.report import print_table, versions, write_json
 from edgetrain.report.timing import median_time
+from edgetrain.threads import DEFAULT_THREADS, torch_threads
 from edgetrain.train.gradients import backward_trace
 from edgetrain.train.lowrank.kronecker import ksum_add, ksum_init, ksum_matrix
 from edgetrain.train.lowrank.trainer import NVMTrainer
@@ -173,7 +174,8 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     ds = load_dataset("digits", seed=0)
-    model = pretrain_and_deploy(ds, "cnn", "int8", epochs=15, seed=0, show_progress=False).model
+    with torch_threads(DEFAULT_THREADS):  # the same model whatever --threads is (edgetrain.threads)
+        model = pretrain_and_deploy(ds, "cnn", "int8", epochs=15, seed=0, show_progress=False).model
     q, y = quantize_input(model, ds.test.x), ds.test.y
     rows, conv = quality(model, q[:args.grad_samples], y[:args.grad_samples], args.rank, (1, 10, 100, 400))
     print_table(rows, title=f"biased mode: streamed rank-{args.rank} error vs the best rank-{args.rank} SVD")
