@@ -7,8 +7,9 @@ different networks, and 2 threads pinned to one core (``taskset -c 0``) pre-trai
 2 threads on two cores. So inheriting the machine's default (one thread per core) would make the
 same command give different numbers on a laptop, a CI runner and a workstation. Every entry point
 fixes the count instead: the command line runs at ``--threads`` (default :data:`DEFAULT_THREADS`,
-the count every figure in the README was measured at), and each trial of ``edgetrain run`` at
-:data:`TRIAL_THREADS`, whether it runs in-process, in a worker or on Ray.
+the count the README's demo figures were measured at), each trial of ``edgetrain run`` at
+:data:`TRIAL_THREADS`, whether it runs in-process, in a worker or on Ray, and the benchmarks
+pre-train at :data:`DEFAULT_THREADS` (``bench_fqt`` and ``bench_mcu`` run everything at one).
 
 The integer-exact forward does not depend on the thread count (its float64 sums of integers are
 exact). Results can still differ between CPUs whose math libraries pick different kernels (an AVX2

@@ -325,8 +325,6 @@ def _run_ray(todo: list[Trial], cache: str, data_dir, download: bool, address: s
         raise
 
 
-
-
 def _print_summary(records: list[dict]) -> None:
     rows = []
     for r in records:
