@@ -224,7 +224,7 @@ def test_unknown_top_level_key_has_a_line(tmp_path):
 
 
 def test_sample_config_loads():
-    cfg = load_config(Path(__file__).parent.parent / "experiments" / "compare.toml")
+    cfg = load_config(Path(__file__).parent.parent / "src" / "edgetrain" / "configs" / "compare.toml")
     assert load_config("compare").fingerprint() == cfg.fingerprint()  # a shipped config by name
     assert cfg.name == "compare" and len(expand(cfg)) == 3 * len(cfg.methods)
     quick = load_config(cfg.path, quick=True)

@@ -74,3 +74,43 @@ def test_fqt_time_series_panel_quick(tmp_path: Path, one_torch_thread) -> None:
     recs = {r["method"]: r for r in summary.records}
     assert recs["fqt-uint8-dyn10"]["ledger"]["macs_backward"] < recs["fqt-uint8-full"]["ledger"]["macs_backward"]
     assert recs["fqt-uint8-full"]["dataset"] == "BasicMotions"
+
+
+def test_shipped_configs_are_package_data() -> None:
+    """``edgetrain run compare`` must find the configs in an installed wheel, not only in a checkout: they
+    live inside the package and pyproject declares them as package data."""
+    import fnmatch
+    import tomllib
+
+    import edgetrain
+
+    package = Path(edgetrain.__file__).resolve().parent
+    assert SHIPPED.is_relative_to(package)
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["edgetrain"]
+    shipped = sorted(p.relative_to(package).as_posix() for p in SHIPPED.glob("*.toml"))
+    assert shipped == ["configs/compare.toml", "configs/es.toml", "configs/fqt.toml", "configs/lowrank.toml"]
+    for name in shipped:
+        assert any(fnmatch.fnmatch(name, pattern) for pattern in declared), f"{name} is not declared package data"
+
+
+def test_wheel_carries_the_shipped_configs(tmp_path: Path) -> None:
+    """Build a wheel from a copy of the source (no network: no build isolation, no dependencies) and look
+    for the configs in it."""
+    pytest.importorskip("setuptools")
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+
+    src = tmp_path / "src-copy"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    shutil.copytree(ROOT / "src", src / "src", ignore=shutil.ignore_patterns("*.egg-info", "__pycache__"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                    "--disable-pip-version-check", "-w", str(tmp_path / "dist"), str(src)], check=True,
+                   capture_output=True, timeout=300)
+    (wheel,) = (tmp_path / "dist").glob("edgetrain-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert {f"edgetrain/configs/{n}.toml" for n in ("compare", "es", "fqt", "lowrank")} <= names
+    assert "edgetrain/export/c/et_es.c" in names  # the C runtime travels the same way

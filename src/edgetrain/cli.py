@@ -185,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="run an experiment config (TOML): trials, progress, resumable results")
     r.add_argument("config", help="a config file, or the name of a shipped one: compare, es, lowrank, fqt "
-                   "(experiments/<name>.toml)")
+                   "(edgetrain/configs/<name>.toml)")
     r.add_argument("--out", help="run directory (default: runs/<config name>, -quick appended with --quick)")
     r.add_argument("--quick", action="store_true", help="shrink every trial (one seed, short training): a smoke test")
     r.add_argument("--workers", type=_positive, default=1, help="local worker processes running trials in parallel")

@@ -23,11 +23,10 @@ import hashlib
 import json
 import math
 import re
+import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 from ..train.es.trainer import ESTrainer
 from ..train.lowrank.trainer import NVMTrainer
@@ -219,13 +218,14 @@ def _float_settings(settings: dict[str, Any], schema: dict[str, str]) -> dict[st
     return {k: float(v) if schema.get(k) == _FLOAT else v for k, v in settings.items()}
 
 
-SHIPPED = Path(__file__).resolve().parents[3] / "experiments"
-"""The configs shipped with the source checkout (``experiments/*.toml``)."""
+SHIPPED = Path(__file__).resolve().parents[1] / "configs"
+"""The shipped configs (``edgetrain/configs/*.toml``): package data, so ``edgetrain run compare`` finds
+them in an installed wheel as well as in a source checkout."""
 
 
 def find_config(name: str | Path) -> Path:
     """``name`` itself when it is a file, else the shipped config of that name (``compare`` ->
-    ``experiments/compare.toml``); an error lists the shipped ones."""
+    ``edgetrain/configs/compare.toml``); an error lists the shipped ones."""
     path = Path(name)
     if path.is_file() or path.suffix:
         return path

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from ..files import atomic_write
@@ -210,7 +210,7 @@ def _run_locked(cfg: RunConfig, out: Path, trials: list[Trial], t0: float, *, wo
         _rewrite_clean(results_path, have.values())  # drop a truncated line before appending after it
     if have:  # the CSV may lag the JSON lines after a crash between the two writes
         write_csv(out / "results.csv", [csv_row(r) for r in have.values()], CSV_COLUMNS)
-    started = started or datetime.now(timezone.utc).isoformat(timespec="seconds")
+    started = started or datetime.now(UTC).isoformat(timespec="seconds")
     _write_meta(cfg, out, len(trials), started, prior, False)
     atomic_write(out / "config.toml", cfg.path.read_text(encoding="utf-8"))
     todo = [t for t in trials if have.get(t.id, {}).get("status") not in DONE and (only is None or only(t))]
